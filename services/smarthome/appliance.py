@@ -1,0 +1,41 @@
+"""An appliance (coffee maker, toaster): subscribes to the light (1 -> N), publishes its status (N -> 1).
+
+Light ON: prepare for prep_time seconds (a timer on the loop, not a sleep), then publish {"status": true}.
+Light OFF: stop preparing, go idle and publish {"status": false}. Which appliance this is lives in config only.
+"""
+
+import logging
+
+from smarthome.config import ApplianceConfig
+from smarthome.envelope import ApplianceStatus, LightState, Message
+from smarthome.runtime import Service, Timer
+
+log = logging.getLogger(__name__)
+
+
+def main(service: Service, spec: ApplianceConfig) -> None:
+    status = service.publisher(spec.publish)
+    preparing: Timer | None = None
+    light_on = False
+
+    def report(ready: bool) -> None:
+        message = status.publish(ApplianceStatus(ready))
+        log.info("%s %s (seq %d)", spec.name, "ready" if ready else "idle", message.seq)
+
+    def on_light(message: Message, light: LightState) -> None:
+        nonlocal preparing, light_on
+        log.info("%s received '%s is %s' from %s.", spec.name, message.topic, light.state, message.topic)
+        if (light.state == "ON") == light_on:
+            return  # no change (e.g. a restarted switch announcing the same state)
+        light_on = light.state == "ON"
+        if preparing:
+            preparing.cancel()
+            preparing = None
+        if light_on:
+            log.info("%s preparing for %gs", spec.name, spec.prep_time)
+            preparing = service.call_later(spec.prep_time, lambda: report(True))
+        else:
+            report(False)
+
+    report(False)  # the current state, re-sent to every subscriber that joins
+    service.subscribe(spec.subscribe, LightState, on_light)

@@ -1,0 +1,24 @@
+"""The light switch: the 1 -> N publisher. Publishes 'light is ON' at start, then toggles every toggle_period."""
+
+import logging
+
+from smarthome.config import LightSwitchConfig
+from smarthome.envelope import LightState
+from smarthome.runtime import Service
+
+log = logging.getLogger(__name__)
+
+
+def main(service: Service, spec: LightSwitchConfig) -> None:
+    light = service.publisher(spec.publish)
+    state = LightState("ON")
+
+    def switch(new: LightState) -> None:
+        nonlocal state
+        state = new
+        message = light.publish(state)
+        log.info("%s published '%s is %s' (seq %d)", spec.name, light.topic, state.state, message.seq)
+
+    switch(state)  # nobody may be listening yet: the publisher re-sends it to every subscriber that joins
+    if spec.toggle_period > 0:
+        service.every(spec.toggle_period, lambda: switch(LightState("OFF" if state.state == "ON" else "ON")))

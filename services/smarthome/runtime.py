@@ -1,0 +1,262 @@
+"""The runtime every service shares: sockets, one zmq.Poller loop with timers, health, clean shutdown.
+
+A service is single-threaded: every socket lives on the one poller loop (sockets are not thread-safe),
+long waits are timers on that loop (never sleeps), and the poll timeout bounds how late a stop can be.
+SIGTERM/SIGINT also wake the poller at once through a wakeup socket, so a stop takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import msgspec
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from smarthome.config import Config, Publish, ServiceConfig, Subscribe
+from smarthome.envelope import EnvelopeError, Message, decode, encode
+from smarthome.schema import explain
+
+HEALTH_FILE_ENV = "SMARTHOME_HEALTH_FILE"  # touched by a live loop; the compose healthcheck reads its age
+HEALTH_TOUCH_EVERY = 0.5  # seconds
+DRAIN_LIMIT = 1000  # messages read from one socket per wakeup, so no socket starves the others
+
+Body = TypeVar("Body", bound=msgspec.Struct)
+log = logging.getLogger("smarthome")
+
+
+def setup_logging() -> None:
+    """One line per event on stdout, which `docker compose logs SERVICE` shows."""
+    logging.basicConfig(
+        level=os.environ.get("SMARTHOME_LOG_LEVEL", "INFO"),
+        format="%(asctime)s.%(msecs)03d %(levelname)-7s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
+
+
+class Timer:
+    def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Service:
+    """One running service: its config, its sockets on one poller, its timers and its lifecycle."""
+
+    def __init__(self, name: str, config: Config) -> None:
+        self.name = name
+        self.config = config
+        self.spec: ServiceConfig = config.services[name]
+        self.sender = f"{name}@{socket.gethostname()}"
+        self.boot = time.time_ns()
+        self.context = zmq.Context()
+        self.poller = zmq.Poller()
+        self._readers: dict[Any, Callable[[], None]] = {}
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._timer_ids = itertools.count()
+        self._stopping = False
+        self._health_file = os.environ.get(HEALTH_FILE_ENV)
+        self._health_touched = 0.0
+
+    # --- sockets -----------------------------------------------------------------------------------
+
+    def socket(self, kind: int) -> zmq.Socket:
+        sock = self.context.socket(kind)
+        sock.linger = 0  # never let a stop wait for undelivered messages
+        return sock
+
+    def on_readable(self, sock: Any, handler: Callable[[], None]) -> None:
+        self.poller.register(sock, zmq.POLLIN)
+        self._readers[sock] = handler
+
+    def attach(self, sock: zmq.Socket, *, bind: str | None = None, connect: list[str] | None = None) -> None:
+        """Bind or connect `sock`, logging the connection events of a connecting socket as they happen."""
+        if bind:
+            sock.bind(bind)
+            log.info("%s listening on %s", self.spec.name, bind)
+        if connect:
+            self._watch_connections(sock)  # before connecting, so no event is missed
+        for endpoint in connect or []:
+            # Never fails on an unknown host: names resolve (and re-resolve on every reconnect) in the background.
+            sock.connect(endpoint)
+
+    def _watch_connections(self, sock: zmq.Socket) -> None:
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
+        retrying: set[str] = set()  # endpoints already reported as unreachable, so retries are logged once
+
+        def on_event() -> None:
+            event = recv_monitor_message(monitor)
+            endpoint = event["endpoint"].decode()
+            if event["event"] == zmq.EVENT_CONNECTED:
+                retrying.discard(endpoint)
+                log.info("%s connected to %s", self.spec.name, endpoint)
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                log.info("%s lost %s, reconnecting", self.spec.name, endpoint)
+            elif endpoint not in retrying:
+                retrying.add(endpoint)
+                log.info("%s cannot reach %s yet, retrying", self.spec.name, endpoint)
+
+        self.on_readable(monitor, on_event)
+
+    def publisher(self, spec: Publish) -> Publisher:
+        return Publisher(self, spec)
+
+    def subscribe(self, spec: Subscribe, body_type: type[Body], handler: Callable[[Message, Body], None]) -> None:
+        """Receive `spec.topics` as validated `body_type` bodies; bad or stale messages never reach `handler`."""
+        sock = self.socket(zmq.SUB)
+        sock.maxmsgsize = self.config.max_message_bytes  # a peer sending more is disconnected
+        for topic in spec.topics:
+            sock.subscribe(topic)
+        self.attach(sock, connect=spec.connect)
+        wanted = set(spec.topics)
+        newest: dict[tuple[str, str], tuple[int, int]] = {}  # (sender, topic) -> newest (boot, seq) seen
+
+        def on_frames() -> None:
+            frames = sock.recv_multipart()
+            try:
+                message = decode(frames)
+                body = msgspec.convert(message.body, body_type)
+            except EnvelopeError as exc:
+                log.warning("%s dropped a malformed message: %s", self.spec.name, exc)
+                return
+            except msgspec.ValidationError as exc:
+                problem, key = explain(exc)
+                where = f" at 'body.{key}'" if key else " in 'body'"
+                log.warning(
+                    "%s dropped a malformed message: topic '%s': %s%s", self.spec.name, message.topic, problem, where
+                )
+                return
+            if message.topic not in wanted:  # subscriptions match prefixes: 'light' also matches 'lightning'
+                return
+            key = (message.sender, message.topic)
+            if key in newest and message.order <= newest[key]:
+                return  # a re-sent last value we already have
+            newest[key] = message.order
+            handler(message, body)
+
+        self.on_readable(sock, lambda: self._drain(sock, on_frames))
+
+    @staticmethod
+    def _drain(sock: zmq.Socket, read_one: Callable[[], None]) -> None:
+        for _ in range(DRAIN_LIMIT):
+            read_one()
+            if not sock.poll(0):
+                return
+
+    # --- timers ------------------------------------------------------------------------------------
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(time.monotonic() + delay, callback)
+        heapq.heappush(self._timers, (timer.deadline, next(self._timer_ids), timer))
+        return timer
+
+    def every(self, period: float, callback: Callable[[], None]) -> None:
+        def tick() -> None:
+            callback()
+            self.call_later(period, tick)
+
+        self.call_later(period, tick)
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.callback()
+
+    def _poll_timeout_ms(self) -> int:
+        timeout = self.config.poll_timeout_ms
+        if self._timers:
+            until_next = (self._timers[0][0] - time.monotonic()) * 1000
+            timeout = min(timeout, max(0, int(until_next) + 1))
+        return timeout
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def stop(self, *_: object) -> None:
+        self._stopping = True
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT, then close every socket (linger 0) and return exit code 0."""
+        wake_r, wake_w = socket.socketpair()
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno())  # a signal makes the poller return at once
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self.stop)
+        self.on_readable(wake_r, lambda: wake_r.recv(64))
+        log.info("%s started", self.spec.name)
+        try:
+            while not self._stopping:
+                self._touch_health_file()
+                for sock, _ in self.poller.poll(self._poll_timeout_ms()):
+                    if self._stopping:
+                        break
+                    self._readers[sock]()
+                self._run_due_timers()
+        finally:
+            if self._health_file:
+                with contextlib.suppress(OSError):
+                    os.remove(self._health_file)
+            self.context.destroy(linger=0)
+            wake_r.close()
+            wake_w.close()
+        log.info("%s stopped", self.spec.name)
+        return 0
+
+    def _touch_health_file(self) -> None:
+        now = time.monotonic()
+        if self._health_file and now - self._health_touched >= HEALTH_TOUCH_EVERY:
+            with open(self._health_file, "a"):
+                os.utime(self._health_file)
+            self._health_touched = now
+
+
+class Publisher:
+    """An XPUB socket that re-sends the current state whenever a subscription arrives.
+
+    This is how late joiners learn the state without sleeps: a subscriber that connects (or reconnects)
+    sends its subscription, XPUB_VERBOSE hands every one of them to us, and we answer with the last
+    message of each matching topic. Other subscribers get a copy too and drop it by (boot, seq).
+    """
+
+    def __init__(self, service: Service, spec: Publish) -> None:
+        self.service = service
+        self.topic = spec.topic
+        self.sock = service.socket(zmq.XPUB)
+        self.sock.xpub_verbose = True  # report every subscription, not only the first per topic
+        self._last: list[bytes] | None = None
+        self._seq = itertools.count(1)
+        service.attach(self.sock, bind=spec.bind, connect=[spec.connect] if spec.connect else None)
+        service.on_readable(self.sock, self._on_subscription)
+
+    def publish(self, body: msgspec.Struct | dict[str, Any]) -> Message:
+        if isinstance(body, msgspec.Struct):
+            body = msgspec.to_builtins(body)
+        s = self.service
+        message = Message(self.topic, s.sender, s.boot, next(self._seq), time.time(), body)
+        frames = encode(message)
+        self._last = frames
+        self.sock.send_multipart(frames)
+        return message
+
+    def _on_subscription(self) -> None:
+        event = self.sock.recv()
+        prefix = event[1:]
+        # A subscriber on several publishers sends all its subscriptions to each: answer only those for us.
+        if event[:1] == b"\x01" and self.topic.encode().startswith(prefix):
+            log.info("%s has a new subscriber; re-sending the current state", self.service.spec.name)
+            if self._last:
+                self.sock.send_multipart(self._last)
