@@ -1,0 +1,115 @@
+"""Test helpers: services as real local processes, configs on free loopback ports, polling with a deadline."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_CONFIG = ROOT / "config" / "smarthome.yml"
+DEADLINE = 15.0  # seconds any awaited condition may take before a test fails
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE, describe=lambda: "") -> Any:
+    """Poll `condition` until it returns something truthy; fail with `what` (and `describe()`) at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{describe()}")
+        time.sleep(0.05)  # ok: the pause between polls of a deadline loop
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def loopback_config(tmp_path: Path, **changes: Any) -> Path:
+    """The shipped config with every port moved to a free one (so tests never collide) and `changes` applied.
+
+    `changes` maps a dotted key path to a new value, e.g. {"services.toaster.prep_time": 0}.
+    """
+    text = SHIPPED_CONFIG.read_text()
+    for port in sorted(set(re.findall(r":(\d{4,5})\b", text))):
+        text = text.replace(f":{port}", f":{free_port()}")
+    config = yaml.safe_load(text)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = config
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    path = tmp_path / "smarthome.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def endpoint(config_path: Path, service: str, host: str = "127.0.0.1") -> str:
+    """Where `service` publishes, as a connectable loopback endpoint."""
+    bind = yaml.safe_load(config_path.read_text())["services"][service]["publish"]["bind"]
+    return bind.replace("*", host)
+
+
+class ServiceProcess:
+    """One service run as `python -m smarthome run NAME` on loopback, its output collected line by line."""
+
+    def __init__(self, name: str, config: Path) -> None:
+        self.name = name
+        env = {**os.environ, "SMARTHOME_CONFIG": str(config), "SMARTHOME_LOOPBACK": "1", "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = str(ROOT / "services")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "smarthome", "run", name],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in list(self.lines))
+
+    def last(self, prefix: str) -> str:
+        """The message of the latest log line whose message starts with `prefix`."""
+        messages = [re.split(r"\s+", line, maxsplit=2)[-1] for line in list(self.lines)]
+        return next((m for m in reversed(messages) if m.startswith(prefix)), "")
+
+    def wait_for(self, text: str, times: int = 1, timeout: float = DEADLINE) -> None:
+        wait_until(lambda: self.count(text) >= times, f"{self.name} to log {text!r} x{times}", timeout, self.output)
+
+    def output(self) -> str:
+        return "\n".join(f"{self.name} | {line}" for line in self.lines)
+
+    def stop(self, timeout: float = DEADLINE) -> int:
+        """SIGTERM, then the exit code (a service that does not exit in time fails the test)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            pytest.fail(f"{self.name} did not exit within {timeout}s of SIGTERM\n{self.output()}")
+        self._reader.join(timeout)
+        return code

@@ -1,0 +1,112 @@
+"""Config validation: the shipped file loads; every kind of error is one line naming file, key path and problem."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from smarthome.config import ApplianceConfig, ConfigError, load_config
+from support import ROOT, SHIPPED_CONFIG
+
+
+def test_shipped_config_loads() -> None:
+    config = load_config(SHIPPED_CONFIG)
+    assert set(config.services) == {"light-switch", "coffee-maker", "toaster", "smart-mirror"}
+    toaster = config.services["toaster"]
+    assert isinstance(toaster, ApplianceConfig)
+    assert toaster.subscribe.topics == ["light"]
+    assert config.publisher_of("toast") == ("toaster", toaster)
+
+
+def test_loopback_mode_moves_every_endpoint_to_127_0_0_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMARTHOME_LOOPBACK", "1")
+    config = load_config(SHIPPED_CONFIG)
+    assert config.services["light-switch"].publish.bind == "tcp://127.0.0.1:5556"
+    assert config.services["smart-mirror"].subscribe.connect == ["tcp://127.0.0.1:5557", "tcp://127.0.0.1:5558"]
+
+
+# (what to change in the shipped text, expected key path, expected problem)
+BROKEN = {
+    "unknown key": ("prep_time: 2", "prep_time: 2\n    prep_tme: 2", "services.toaster", "unknown key 'prep_tme'"),
+    "missing key": ("    prep_time: 2\n", "", "services.toaster", "missing key 'prep_time'"),
+    "wrong type": ("prep_time: 2", "prep_time: soon", "services.toaster.prep_time", "expected 'float', got 'str'"),
+    "negative time": ("prep_time: 2", "prep_time: -1", "services.toaster.prep_time", "expected 'float' >= 0.0"),
+    "unknown role": ("role: mirror", "role: tv", "services.smart-mirror.role", "invalid value 'tv'"),
+    "malformed endpoint": (
+        '"tcp://toaster:5558"',
+        '"tcp:/toaster"',
+        "services.smart-mirror.subscribe.connect[1]",
+        "malformed endpoint 'tcp:/toaster': expected tcp://HOST:PORT",
+    ),
+    "port out of range": ('"tcp://*:5558"', '"tcp://*:99999"', "services.toaster.publish.bind", "malformed endpoint"),
+    "bind and connect": (
+        'bind: "tcp://*:5558"',
+        'bind: "tcp://*:5558", connect: "tcp://x:1"',
+        "services.toaster.publish",
+        "needs exactly one of 'bind' or 'connect'",
+    ),
+    "unpublished topic": (
+        "topics: [coffee, toast]",
+        "topics: [coffee, toats]",
+        "services.smart-mirror.subscribe.topics[1]",
+        "topic 'toats' is published by no service",
+    ),
+    "top-level type": ("poll_timeout_ms: 100", "poll_timeout_ms: fast", "poll_timeout_ms", "expected 'int', got 'str'"),
+    "not YAML": ("services:", "services: [", "line", "not valid YAML"),
+}
+
+
+def broken_config(tmp_path: Path, old: str, new: str) -> Path:
+    text = SHIPPED_CONFIG.read_text()
+    assert old in text, f"test setup: {old!r} not in the shipped config"
+    path = tmp_path / "broken.yml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=list(BROKEN))
+def test_each_config_error_names_file_key_and_problem(tmp_path: Path, case: str) -> None:
+    old, new, key, problem = BROKEN[case]
+    path = broken_config(tmp_path, old, new)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: {key}"), message
+    assert problem in message
+    assert "\n" not in message
+
+
+def test_missing_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.yml: cannot read: No such file"):
+        load_config(tmp_path / "nope.yml")
+
+
+@pytest.mark.parametrize("case", ["unknown key", "malformed endpoint", "unpublished topic", "not YAML"])
+def test_a_service_with_bad_config_exits_2_with_one_line_on_stderr(tmp_path: Path, case: str) -> None:
+    old, new, key, problem = BROKEN[case]
+    path = broken_config(tmp_path, old, new)
+    env = {**os.environ, "SMARTHOME_CONFIG": str(path), "PYTHONPATH": str(ROOT / "services")}
+    result = subprocess.run(
+        [sys.executable, "-m", "smarthome", "run", "toaster"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"smarthome: config error: {path}: {key}")
+    assert problem in lines[0]
+
+
+def test_unknown_service_name_is_a_config_error(tmp_path: Path) -> None:
+    env = {**os.environ, "SMARTHOME_CONFIG": str(SHIPPED_CONFIG), "PYTHONPATH": str(ROOT / "services")}
+    result = subprocess.run(
+        [sys.executable, "-m", "smarthome", "run", "kettle"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"smarthome: config error: {SHIPPED_CONFIG}: services: no service named 'kettle' "
+        "(have: light-switch, coffee-maker, toaster, smart-mirror)"
+    )

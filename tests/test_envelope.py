@@ -1,0 +1,54 @@
+"""The envelope codec: round trip, and one clear reason for every kind of malformed message."""
+
+from __future__ import annotations
+
+import pytest
+from smarthome.envelope import EnvelopeError, Message, decode, encode
+
+
+def test_round_trip() -> None:
+    message = Message("coffee", "coffee-maker@host", 1732680000000000000, 7, 1732680000.25, {"status": True})
+    frames = encode(message)
+    assert frames[0] == b"coffee"
+    assert decode(frames) == message
+
+
+def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
+    frames = [b"light", b'{"sender":"s","boot":1,"seq":1,"ts":0,"body":{},"new":1}']
+    assert decode(frames).seq == 1
+
+
+GOOD = b'{"sender":"s","boot":1,"seq":1,"ts":0.5,"body":{"state":"ON"}}'
+REJECTED = {
+    "one frame": ([b"light"], "expected 2 frames [topic, json], got 1"),
+    "three frames": ([b"light", GOOD, b"x"], "expected 2 frames [topic, json], got 3"),
+    "topic not UTF-8": ([b"\xff", GOOD], "topic frame is not UTF-8"),
+    "not JSON": ([b"light", b"light is ON"], "topic 'light': not valid JSON"),
+    "JSON not an object": ([b"light", b"[1, 2]"], "topic 'light': expected 'object', got 'array'"),
+    "missing field": ([b"light", b'{"sender":"s","boot":1,"ts":0,"body":{}}'], "topic 'light': missing key 'seq'"),
+    "wrong type": (
+        [b"light", b'{"sender":"s","boot":1,"seq":"1","ts":0,"body":{}}'],
+        "topic 'light': expected 'int', got 'str' at 'seq'",
+    ),
+    "negative seq": (
+        [b"light", b'{"sender":"s","boot":1,"seq":-1,"ts":0,"body":{}}'],
+        "topic 'light': expected 'int' >= 0 at 'seq'",
+    ),
+    "empty sender": (
+        [b"light", b'{"sender":"","boot":1,"seq":1,"ts":0,"body":{}}'],
+        "topic 'light': expected 'str' of length >= 1 at 'sender'",
+    ),
+    "body not an object": (
+        [b"light", b'{"sender":"s","boot":1,"seq":1,"ts":0,"body":"ON"}'],
+        "topic 'light': expected 'object', got 'str' at 'body'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REJECTED, ids=list(REJECTED))
+def test_every_malformed_message_is_rejected_with_its_reason(case: str) -> None:
+    frames, reason = REJECTED[case]
+    with pytest.raises(EnvelopeError) as error:
+        decode(frames)
+    assert str(error.value).startswith(reason)
+    assert "\n" not in str(error.value)

@@ -1,0 +1,183 @@
+"""Each service's behaviour over real ZeroMQ sockets on loopback, run as real processes (no Docker)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import zmq
+from smarthome.envelope import Message, encode
+from support import ServiceProcess, endpoint, loopback_config, wait_until
+
+Start = Callable[[str, Path], ServiceProcess]
+ALL_READY = "MIRROR coffee=ready toast=ready"
+ORDERS = {
+    "publishers first": ["light-switch", "coffee-maker", "toaster", "smart-mirror"],
+    "subscribers first": ["smart-mirror", "toaster", "coffee-maker", "light-switch"],
+    "mixed": ["coffee-maker", "smart-mirror", "light-switch", "toaster"],
+}
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    return loopback_config(tmp_path, **{"services.coffee-maker.prep_time": 0.2, "services.toaster.prep_time": 0.1})
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=list(ORDERS))
+def test_any_start_order_reaches_the_whole_routine(config: Path, run_service: Start, order: str) -> None:
+    services = {}
+    for name in ORDERS[order]:
+        services[name] = run_service(name, config)
+        services[name].wait_for("started")  # really started in this order
+    services["coffee-maker"].wait_for("COFFEE MAKER received 'light is ON' from light.")
+    services["toaster"].wait_for("TOASTER received 'light is ON' from light.")
+    mirror = services["smart-mirror"]
+    mirror.wait_for('Topic: COFFEE MAKER => {"status": true}')
+    mirror.wait_for('Topic: TOASTER => {"status": true}')
+    mirror.wait_for(ALL_READY)
+
+
+def test_restarted_services_are_found_again_and_the_mirror_converges(config: Path, run_service: Start) -> None:
+    services = {name: run_service(name, config) for name in ORDERS["publishers first"]}
+    mirror = services["smart-mirror"]
+    mirror.wait_for(ALL_READY)
+
+    toast_ready = 'Topic: TOASTER => {"status": true}'
+    assert services["toaster"].stop() == 0
+    toaster = run_service("toaster", config)
+    toaster.wait_for("TOASTER received 'light is ON' from light.")  # the switch re-sent its state to the newcomer
+    mirror.wait_for(toast_ready, times=2)  # the new toaster's own 'ready' reached the mirror
+    wait_until(
+        lambda: mirror.last("MIRROR coffee=") == ALL_READY, "the mirror to show all ready", describe=mirror.output
+    )
+
+    coffee_maker = services["coffee-maker"]
+    received = coffee_maker.count("received 'light is ON'")
+    assert services["light-switch"].stop() == 0
+    run_service("light-switch", config).wait_for("published 'light is ON'")
+    coffee_maker.wait_for("received 'light is ON' from light.", times=received + 1)  # the new switch's state
+    assert mirror.count(toast_ready) == 2  # light was already on: nothing to redo
+
+
+def test_light_off_makes_appliances_idle_and_on_makes_them_ready_again(tmp_path: Path, run_service: Start) -> None:
+    config = loopback_config(
+        tmp_path,
+        **{
+            "services.light-switch.toggle_period": 0.5,
+            "services.coffee-maker.prep_time": 0,
+            "services.toaster.prep_time": 0,
+        },
+    )
+    services = {name: run_service(name, config) for name in ORDERS["publishers first"]}
+    services["light-switch"].wait_for("published 'light is OFF'")
+    services["toaster"].wait_for("TOASTER received 'light is OFF' from light.")
+    services["toaster"].wait_for("TOASTER idle", times=2)  # once at start, once for OFF
+    services["smart-mirror"].wait_for(ALL_READY, times=2)  # ON -> OFF -> ON again
+
+
+def test_every_service_exits_0_on_sigterm_with_a_stopped_line(config: Path, run_service: Start) -> None:
+    services = [run_service(name, config) for name in ORDERS["publishers first"]]
+    services[-1].wait_for(ALL_READY)
+    for service in services:
+        started = time.monotonic()
+        assert service.stop() == 0
+        assert time.monotonic() - started < 5, f"{service.name} took too long to stop"
+        assert service.lines[-1].endswith("stopped")
+
+
+def test_sigterm_while_the_peer_is_unreachable_still_exits_0(config: Path, run_service: Start) -> None:
+    mirror = run_service("smart-mirror", config)
+    mirror.wait_for("cannot reach")
+    assert mirror.stop() == 0
+
+
+class FakeAppliance:
+    """A test-owned publisher on the coffee maker's endpoint, to send the mirror whatever we like."""
+
+    def __init__(self, context: zmq.Context, address: str) -> None:
+        self.sock = context.socket(zmq.XPUB)
+        self.sock.linger = 0
+        self.sock.bind(address)
+        self.seq = 0
+
+    def wait_for_subscriber(self) -> None:
+        assert self.sock.poll(15_000), "the mirror never subscribed"
+        assert self.sock.recv()[:1] == b"\x01"
+
+    def send(self, frames: list[bytes]) -> None:
+        self.sock.send_multipart(frames)
+
+    def status(self, ready: bool, topic: str = "coffee", seq: int | None = None) -> list[bytes]:
+        self.seq = seq if seq is not None else self.seq + 1
+        return encode(Message(topic, "fake@test", 1, self.seq, time.time(), {"status": ready}))
+
+
+@pytest.fixture
+def fake_coffee_maker(config: Path) -> FakeAppliance:
+    context = zmq.Context()
+    yield FakeAppliance(context, endpoint(config, "coffee-maker"))
+    context.destroy(linger=0)
+
+
+def test_malformed_messages_are_logged_and_dropped_and_the_mirror_keeps_going(
+    config: Path, run_service: Start, fake_coffee_maker: FakeAppliance
+) -> None:
+    mirror = run_service("smart-mirror", config)
+    fake_coffee_maker.wait_for_subscriber()
+    good = fake_coffee_maker.status(True)
+    for frames in (
+        [b"coffee"],
+        [b"coffee", b"not json"],
+        [b"coffee", json.dumps({"sender": "x", "boot": 1, "ts": 0, "body": {}}).encode()],
+        [good[0], good[1].replace(b"true", b'"yes"')],
+    ):
+        fake_coffee_maker.send(frames)
+    fake_coffee_maker.send(good)
+    mirror.wait_for('Topic: COFFEE MAKER => {"status": true}')  # sent last, so every bad one was handled by now
+    warnings = [line for line in mirror.lines if "WARNING" in line]
+    assert [w.split("dropped a malformed message: ")[1] for w in warnings] == [
+        "expected 2 frames [topic, json], got 1",
+        "topic 'coffee': not valid JSON (JSON is malformed: invalid character (byte 4))",
+        "topic 'coffee': missing key 'seq'",
+        "topic 'coffee': expected 'bool', got 'str' at 'body.status'",
+    ]
+    assert mirror.proc.poll() is None
+
+
+def test_duplicates_stale_messages_and_prefix_matches_are_ignored(
+    config: Path, run_service: Start, fake_coffee_maker: FakeAppliance
+) -> None:
+    mirror = run_service("smart-mirror", config)
+    fake_coffee_maker.wait_for_subscriber()
+    first = fake_coffee_maker.status(False, seq=5)
+    fake_coffee_maker.send(first)
+    fake_coffee_maker.send(first)  # a re-sent last value
+    fake_coffee_maker.send(fake_coffee_maker.status(True, seq=4))  # older than what the mirror has
+    fake_coffee_maker.send(fake_coffee_maker.status(True, topic="coffeecup", seq=6))  # matches the prefix 'coffee'
+    fake_coffee_maker.send(fake_coffee_maker.status(True, seq=7))
+    mirror.wait_for('Topic: COFFEE MAKER => {"status": true}')
+    topic_lines = [line.split("INFO    ")[1] for line in mirror.lines if "Topic:" in line]
+    assert topic_lines == ['Topic: COFFEE MAKER => {"status": false}', 'Topic: COFFEE MAKER => {"status": true}']
+
+
+def test_a_subscriber_joining_late_gets_the_current_state_without_any_new_publish(
+    config: Path, run_service: Start
+) -> None:
+    switch = run_service("light-switch", config)
+    switch.wait_for("started")
+    context = zmq.Context()
+    try:
+        sub = context.socket(zmq.SUB)
+        sub.linger = 0
+        sub.subscribe(b"light")
+        sub.connect(endpoint(config, "light-switch"))
+        wait_until(lambda: sub.poll(100), "the current light state")
+        topic, body = sub.recv_multipart()
+        assert topic == b"light"
+        assert json.loads(body)["body"] == {"state": "ON"}
+        assert switch.count("published") == 1  # a re-send of the state, not a new publish
+    finally:
+        context.destroy(linger=0)
