@@ -14,13 +14,13 @@ import logging
 import os
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from smarthome.config import Config, Publish, ServiceConfig, Subscribe
 from smarthome.envelope import EnvelopeError, Message, decode, encode
@@ -98,12 +98,14 @@ class Service:
         retrying: set[str] = set()  # endpoints already reported as unreachable, so retries are logged once
 
         def on_event() -> None:
-            event = recv_monitor_message(monitor)
-            endpoint = event["endpoint"].decode()
-            if event["event"] == zmq.EVENT_CONNECTED:
+            # Decoded here: zmq.utils.monitor would pull in asyncio, +7 MiB RSS per service.
+            head, address = monitor.recv_multipart()
+            event, _ = struct.unpack("=HI", head)
+            endpoint = address.decode()
+            if event == zmq.EVENT_CONNECTED:
                 retrying.discard(endpoint)
                 log.info("%s connected to %s", self.spec.name, endpoint)
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
+            elif event == zmq.EVENT_DISCONNECTED:
                 log.info("%s lost %s, reconnecting", self.spec.name, endpoint)
             elif endpoint not in retrying:
                 retrying.add(endpoint)

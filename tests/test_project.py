@@ -1,0 +1,28 @@
+"""Project invariants: CI runs the README's test command, and no port is published beyond loopback."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+from support import ROOT
+
+
+def readme_commands() -> list[str]:
+    block = re.search(r"## The two commands\n+```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert block, "README has no 'The two commands' block"
+    return [line.split("#")[0].strip() for line in block[1].splitlines() if line.strip()]
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    start, test = readme_commands()
+    assert start == "docker compose up --build"
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert test in ci_lines
+
+
+def test_ports_are_published_on_loopback_only() -> None:
+    for path in ROOT.glob("docker-compose*.yml"):
+        for name, service in yaml.safe_load(path.read_text())["services"].items():
+            for port in service.get("ports", []):
+                assert str(port).startswith("127.0.0.1:"), f"{path.name}: {name} publishes {port} beyond loopback"
