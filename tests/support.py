@@ -19,6 +19,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / "config" / "smarthome.yml"
+BROKER_CONFIG = ROOT / "config" / "smarthome.broker.yml"
 DEADLINE = 15.0  # seconds any awaited condition may take before a test fails
 
 
@@ -40,12 +41,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def loopback_config(tmp_path: Path, **changes: Any) -> Path:
-    """The shipped config with every port moved to a free one (so tests never collide) and `changes` applied.
+def loopback_config(tmp_path: Path, source: Path = SHIPPED_CONFIG, **changes: Any) -> Path:
+    """A shipped config with every port moved to a free one (so tests never collide) and `changes` applied.
 
     `changes` maps a dotted key path to a new value, e.g. {"services.toaster.prep_time": 0}.
     """
-    text = SHIPPED_CONFIG.read_text()
+    text = source.read_text()
     for port in sorted(set(re.findall(r":(\d{4,5})\b", text))):
         text = text.replace(f":{port}", f":{free_port()}")
     config = yaml.safe_load(text)
@@ -55,27 +56,44 @@ def loopback_config(tmp_path: Path, **changes: Any) -> Path:
         for key in parents:
             node = node[key]
         node[last] = value
-    path = tmp_path / "smarthome.yml"
+    path = tmp_path / source.name
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
-def endpoint(config_path: Path, service: str, host: str = "127.0.0.1") -> str:
-    """Where `service` publishes, as a connectable loopback endpoint."""
-    bind = yaml.safe_load(config_path.read_text())["services"][service]["publish"]["bind"]
-    return bind.replace("*", host)
+def endpoint(config_path: Path, service: str, key: str = "publish.bind") -> str:
+    """The endpoint at `key` of `service` in the config, made connectable on loopback."""
+    node = yaml.safe_load(config_path.read_text())["services"][service]
+    for part in key.split("."):
+        node = node[part]
+    return node.replace("*", "127.0.0.1")
+
+
+def smarthome_env(config: Path) -> dict[str, str]:
+    """The environment for `python -m smarthome ...` on loopback with `config`."""
+    return {
+        **os.environ,
+        "SMARTHOME_CONFIG": str(config),
+        "SMARTHOME_LOOPBACK": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(ROOT / "services"),
+    }
+
+
+def smarthome(config: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run a `smarthome` command to completion."""
+    command = [sys.executable, "-m", "smarthome", *args]
+    return subprocess.run(command, env=smarthome_env(config), capture_output=True, text=True, timeout=timeout)
 
 
 class ServiceProcess:
     """One service run as `python -m smarthome run NAME` on loopback, its output collected line by line."""
 
-    def __init__(self, name: str, config: Path) -> None:
+    def __init__(self, name: str, config: Path, *command: str) -> None:
         self.name = name
-        env = {**os.environ, "SMARTHOME_CONFIG": str(config), "SMARTHOME_LOOPBACK": "1", "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = str(ROOT / "services")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smarthome", "run", name],
-            env=env,
+            [sys.executable, "-m", "smarthome", *(command or ("run", name))],
+            env=smarthome_env(config),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -15,23 +15,24 @@ log = logging.getLogger(__name__)
 
 def main(service: Service, spec: ApplianceConfig) -> None:
     status = service.publisher(spec.publish)
+    lights: dict[str, bool] = {}  # sender -> on: with several switches (N to N), any light on counts
     preparing: Timer | None = None
-    light_on = False
 
     def report(ready: bool) -> None:
         message = status.publish(ApplianceStatus(ready))
         log.info("%s %s (seq %d)", spec.name, "ready" if ready else "idle", message.seq)
 
     def on_light(message: Message, light: LightState) -> None:
-        nonlocal preparing, light_on
+        nonlocal preparing
         log.info("%s received '%s is %s' from %s.", spec.name, message.topic, light.state, message.topic)
-        if (light.state == "ON") == light_on:
+        was_on = any(lights.values())
+        lights[message.sender] = light.state == "ON"
+        if any(lights.values()) == was_on:
             return  # no change (e.g. a restarted switch announcing the same state)
-        light_on = light.state == "ON"
         if preparing:
             preparing.cancel()
             preparing = None
-        if light_on:
+        if not was_on:
             log.info("%s preparing for %gs", spec.name, spec.prep_time)
             preparing = service.call_later(spec.prep_time, lambda: report(True))
         else:

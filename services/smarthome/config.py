@@ -31,7 +31,7 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class Publish(_Strict):
-    """One publisher socket: binds in direct wiring, connects to a broker in broker wiring."""
+    """One publisher socket: binds in direct wiring, connects to the broker in broker wiring."""
 
     topic: Topic
     bind: str | None = None
@@ -39,10 +39,11 @@ class Publish(_Strict):
 
 
 class Subscribe(_Strict):
-    """One subscriber socket, connected to every endpoint that publishes its topics."""
+    """One subscriber socket: connects to the publishers (or the broker), or binds to be published to."""
 
     topics: list[Topic]
-    connect: list[str]
+    connect: list[str] = []
+    bind: str | None = None
 
 
 class _Service(_Strict, tag_field="role"):
@@ -52,6 +53,7 @@ class _Service(_Strict, tag_field="role"):
 class LightSwitchConfig(_Service, tag="light-switch"):
     publish: Publish
     toggle_period: Seconds  # 0 = never toggle
+    commands: Subscribe | None = None  # where `smarthome light on|off` and the dashboard reach it
 
 
 class ApplianceConfig(_Service, tag="appliance"):
@@ -64,7 +66,16 @@ class MirrorConfig(_Service, tag="mirror"):
     subscribe: Subscribe
 
 
-ServiceConfig = LightSwitchConfig | ApplianceConfig | MirrorConfig
+class RadioConfig(_Service, tag="radio"):
+    subscribe: Subscribe
+
+
+class BrokerConfig(_Service, tag="broker"):
+    publishers: str  # XSUB bind endpoint that every publisher connects to
+    subscribers: str  # XPUB bind endpoint that every subscriber connects to
+
+
+ServiceConfig = LightSwitchConfig | ApplianceConfig | MirrorConfig | RadioConfig | BrokerConfig
 
 
 class _Settings(_Strict):
@@ -80,12 +91,16 @@ class Config(msgspec.Struct, frozen=True):
     services: dict[str, ServiceConfig]
 
     def publisher_of(self, topic: str) -> tuple[str, ServiceConfig] | None:
-        """The service that publishes `topic`, or None."""
+        """The (first) service that publishes `topic`, or None."""
         for name, service in self.services.items():
             publish = getattr(service, "publish", None)
             if publish is not None and publish.topic == topic:
                 return name, service
         return None
+
+    @property
+    def broker(self) -> BrokerConfig | None:
+        return next((s for s in self.services.values() if isinstance(s, BrokerConfig)), None)
 
 
 class ConfigError(Exception):
@@ -107,14 +122,14 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         where = f"line {mark.line + 1}" if mark else ""
         raise ConfigError(path, where, f"not valid YAML: {getattr(exc, 'problem', exc)}") from None
 
+    if os.environ.get(LOOPBACK_ENV) == "1":
+        raw = _on_loopback(raw)
     settings = _convert(path, "", raw, _Settings)
     services = {
         name: _convert(path, f"services.{name}", entry, ServiceConfig) for name, entry in settings.services.items()
     }
     config = Config(path, settings.poll_timeout_ms, settings.max_message_bytes, services)
     _check_wiring(config)
-    if os.environ.get(LOOPBACK_ENV) == "1":
-        config = _on_loopback(config)
     return config
 
 
@@ -130,27 +145,41 @@ def _convert(path: str, key: str, raw: Any, schema: Any) -> Any:
 def _check_wiring(config: Config) -> None:
     published = {s.publish.topic for s in config.services.values() if hasattr(s, "publish")}
     for name, service in config.services.items():
-        key = f"services.{name}"
-        if isinstance(service, LightSwitchConfig | ApplianceConfig):
-            publish = service.publish
-            if (publish.bind is None) == (publish.connect is None):
-                raise ConfigError(config.path, f"{key}.publish", "needs exactly one of 'bind' or 'connect'")
-            side = "bind" if publish.bind else "connect"
-            _check_endpoint(config.path, f"{key}.publish.{side}", publish.bind or publish.connect or "")
-        if isinstance(service, ApplianceConfig | MirrorConfig):
-            subscribe = service.subscribe
-            if not subscribe.connect:
-                raise ConfigError(config.path, f"{key}.subscribe.connect", "needs at least one endpoint")
-            for i, endpoint in enumerate(subscribe.connect):
-                _check_endpoint(config.path, f"{key}.subscribe.connect[{i}]", endpoint, connect=True)
-            for i, topic in enumerate(subscribe.topics):
-                if topic not in published:
-                    raise ConfigError(
-                        config.path, f"{key}.subscribe.topics[{i}]", f"topic '{topic}' is published by no service"
-                    )
+        for key, endpoint, connecting in _endpoints(service, f"services.{name}"):
+            _check_endpoint(config.path, key, endpoint, connecting)
+        for field in ("publish", "subscribe", "commands"):
+            spec = getattr(service, field, None)
+            key = f"services.{name}.{field}"
+            if isinstance(spec, Publish) and (spec.bind is None) == (spec.connect is None):
+                raise ConfigError(config.path, key, "needs exactly one of 'bind' or 'connect'")
+            if isinstance(spec, Subscribe) and (spec.bind is None) == (not spec.connect):
+                raise ConfigError(config.path, key, "needs either 'bind' or at least one 'connect' endpoint")
+        # Commands come from outside the config (CLI, dashboard); every other subscription needs a publisher.
+        subscribe = getattr(service, "subscribe", None)
+        for i, topic in enumerate(subscribe.topics if subscribe else []):
+            if topic not in published:
+                raise ConfigError(
+                    config.path, f"services.{name}.subscribe.topics[{i}]", f"topic '{topic}' is published by no service"
+                )
 
 
-def _check_endpoint(path: str, key: str, endpoint: str, connect: bool = False) -> None:
+def _endpoints(service: Any, key: str) -> list[tuple[str, str, bool]]:
+    """Every (key path, endpoint, is_connect) of a service, wherever the schema puts them."""
+    found = []
+    for field in service.__struct_fields__:
+        value = getattr(service, field)
+        if field in ("publishers", "subscribers", "bind") and isinstance(value, str):
+            found.append((f"{key}.{field}", value, False))
+        elif field == "connect" and isinstance(value, str):
+            found.append((f"{key}.{field}", value, True))
+        elif field == "connect" and isinstance(value, list):
+            found += [(f"{key}.{field}[{i}]", endpoint, True) for i, endpoint in enumerate(value)]
+        elif isinstance(value, Publish | Subscribe):
+            found += _endpoints(value, f"{key}.{field}")
+    return found
+
+
+def _check_endpoint(path: str, key: str, endpoint: str, connect: bool) -> None:
     match = _ENDPOINT.match(endpoint)
     if not match or not 0 < int(match["port"]) < 65536:
         raise ConfigError(path, key, f"malformed endpoint '{endpoint}': expected tcp://HOST:PORT")
@@ -158,20 +187,15 @@ def _check_endpoint(path: str, key: str, endpoint: str, connect: bool = False) -
         raise ConfigError(path, key, f"cannot connect to '{endpoint}': '*' is only for bind")
 
 
-def _on_loopback(config: Config) -> Config:
-    """Every host becomes 127.0.0.1, so the same wiring runs as local processes."""
+def to_loopback(endpoint: str) -> str:
+    """The same port on 127.0.0.1: how the host reaches a service (local mode, ports published on loopback)."""
+    return _ENDPOINT.sub(r"tcp://127.0.0.1:\g<port>", endpoint)
 
-    def local(endpoint: str | None) -> str | None:
-        return _ENDPOINT.sub(r"tcp://127.0.0.1:\g<port>", endpoint) if endpoint else endpoint
 
-    def localise(service: Any) -> Any:
-        changes: dict[str, Any] = {}
-        if hasattr(service, "publish"):
-            p = service.publish
-            changes["publish"] = msgspec.structs.replace(p, bind=local(p.bind), connect=local(p.connect))
-        if hasattr(service, "subscribe"):
-            s = service.subscribe
-            changes["subscribe"] = msgspec.structs.replace(s, connect=[local(e) for e in s.connect])
-        return msgspec.structs.replace(service, **changes)
-
-    return msgspec.structs.replace(config, services={n: localise(s) for n, s in config.services.items()})
+def _on_loopback(raw: Any) -> Any:
+    """The raw config with every endpoint's host made 127.0.0.1 (ports stay, so they must differ)."""
+    if isinstance(raw, dict):
+        return {key: _on_loopback(value) for key, value in raw.items()}
+    if isinstance(raw, list):
+        return [_on_loopback(value) for value in raw]
+    return to_loopback(raw) if isinstance(raw, str) and _ENDPOINT.match(raw) else raw

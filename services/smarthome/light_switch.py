@@ -1,9 +1,13 @@
-"""The light switch: the 1 -> N publisher. Publishes 'light is ON' at start, then toggles every toggle_period."""
+"""The light switch: the 1 -> N publisher.
+
+Publishes 'light is ON' at start, then toggles every toggle_period seconds (if not 0), and switches
+on command: `smarthome light on|off` or the dashboard publish a LightState on its commands topic.
+"""
 
 import logging
 
 from smarthome.config import LightSwitchConfig
-from smarthome.envelope import LightState
+from smarthome.envelope import LightState, Message
 from smarthome.runtime import Service
 
 log = logging.getLogger(__name__)
@@ -19,6 +23,13 @@ def main(service: Service, spec: LightSwitchConfig) -> None:
         message = light.publish(state)
         log.info("%s published '%s is %s' (seq %d)", spec.name, light.topic, state.state, message.seq)
 
+    def on_command(message: Message, command: LightState) -> None:
+        log.info("%s switched %s by %s", spec.name, command.state, message.sender)
+        if command != state:
+            switch(command)
+
     switch(state)  # nobody may be listening yet: the publisher re-sends it to every subscriber that joins
     if spec.toggle_period > 0:
         service.every(spec.toggle_period, lambda: switch(LightState("OFF" if state.state == "ON" else "ON")))
+    if spec.commands:
+        service.subscribe(spec.commands, LightState, on_command)

@@ -56,13 +56,15 @@ class Timer:
 class Service:
     """One running service: its config, its sockets on one poller, its timers and its lifecycle."""
 
-    def __init__(self, name: str, config: Config) -> None:
+    def __init__(self, name: str, config: Config, label: str | None = None) -> None:
         self.name = name
         self.config = config
-        self.spec: ServiceConfig = config.services[name]
+        self.spec: ServiceConfig | None = config.services.get(name)  # None for the command-line tools
+        self.label = label or (self.spec.name if self.spec else name)  # how log lines name this service
         self.sender = f"{name}@{socket.gethostname()}"
         self.boot = time.time_ns()
         self.context = zmq.Context()
+        self.context.linger = 0  # default for every socket, monitors included: a stop never waits on the network
         self.poller = zmq.Poller()
         self._readers: dict[Any, Callable[[], None]] = {}
         self._timers: list[tuple[float, int, Timer]] = []
@@ -74,19 +76,25 @@ class Service:
     # --- sockets -----------------------------------------------------------------------------------
 
     def socket(self, kind: int) -> zmq.Socket:
-        sock = self.context.socket(kind)
-        sock.linger = 0  # never let a stop wait for undelivered messages
-        return sock
+        return self.context.socket(kind)
 
     def on_readable(self, sock: Any, handler: Callable[[], None]) -> None:
+        """Call `handler` when `sock` is readable: once per message for a zmq socket (up to DRAIN_LIMIT a wakeup)."""
         self.poller.register(sock, zmq.POLLIN)
-        self._readers[sock] = handler
+        self._readers[sock] = handler if not isinstance(sock, zmq.Socket) else lambda: self._drain(sock, handler)
+
+    @staticmethod
+    def _drain(sock: zmq.Socket, read_one: Callable[[], None]) -> None:
+        for _ in range(DRAIN_LIMIT):  # bounded, so one busy socket cannot starve the others or the timers
+            read_one()
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
 
     def attach(self, sock: zmq.Socket, *, bind: str | None = None, connect: list[str] | None = None) -> None:
         """Bind or connect `sock`, logging the connection events of a connecting socket as they happen."""
         if bind:
             sock.bind(bind)
-            log.info("%s listening on %s", self.spec.name, bind)
+            log.info("%s listening on %s", self.label, bind)
         if connect:
             self._watch_connections(sock)  # before connecting, so no event is missed
         for endpoint in connect or []:
@@ -104,25 +112,31 @@ class Service:
             endpoint = address.decode()
             if event == zmq.EVENT_CONNECTED:
                 retrying.discard(endpoint)
-                log.info("%s connected to %s", self.spec.name, endpoint)
+                log.info("%s connected to %s", self.label, endpoint)
             elif event == zmq.EVENT_DISCONNECTED:
-                log.info("%s lost %s, reconnecting", self.spec.name, endpoint)
+                log.info("%s lost %s, reconnecting", self.label, endpoint)
             elif endpoint not in retrying:
                 retrying.add(endpoint)
-                log.info("%s cannot reach %s yet, retrying", self.spec.name, endpoint)
+                log.info("%s cannot reach %s yet, retrying", self.label, endpoint)
 
         self.on_readable(monitor, on_event)
 
-    def publisher(self, spec: Publish) -> Publisher:
-        return Publisher(self, spec)
+    def publisher(self, spec: Publish, on_subscriber: Callable[[], None] | None = None) -> Publisher:
+        return Publisher(self, spec, on_subscriber)
 
-    def subscribe(self, spec: Subscribe, body_type: type[Body], handler: Callable[[Message, Body], None]) -> None:
-        """Receive `spec.topics` as validated `body_type` bodies; bad or stale messages never reach `handler`."""
+    def subscribe(
+        self, spec: Subscribe, body_type: type[Body] | None, handler: Callable[[Message, Body | None], None]
+    ) -> None:
+        """Receive `spec.topics` (all if empty) with bodies validated as `body_type` (None: any JSON object).
+
+        Malformed messages are logged and dropped; duplicates, stale re-sends and topics that only share a
+        prefix with a subscription are dropped silently. Only new, valid messages reach `handler`.
+        """
         sock = self.socket(zmq.SUB)
         sock.maxmsgsize = self.config.max_message_bytes  # a peer sending more is disconnected
-        for topic in spec.topics:
+        for topic in spec.topics or [""]:
             sock.subscribe(topic)
-        self.attach(sock, connect=spec.connect)
+        self.attach(sock, bind=spec.bind, connect=spec.connect)
         wanted = set(spec.topics)
         newest: dict[tuple[str, str], tuple[int, int]] = {}  # (sender, topic) -> newest (boot, seq) seen
 
@@ -130,33 +144,27 @@ class Service:
             frames = sock.recv_multipart()
             try:
                 message = decode(frames)
-                body = msgspec.convert(message.body, body_type)
             except EnvelopeError as exc:
-                log.warning("%s dropped a malformed message: %s", self.spec.name, exc)
+                log.warning("%s dropped a malformed message: %s", self.label, exc)
                 return
-            except msgspec.ValidationError as exc:
-                problem, key = explain(exc)
-                where = f" at 'body.{key}'" if key else " in 'body'"
-                log.warning(
-                    "%s dropped a malformed message: topic '%s': %s%s", self.spec.name, message.topic, problem, where
-                )
-                return
-            if message.topic not in wanted:  # subscriptions match prefixes: 'light' also matches 'lightning'
+            if wanted and message.topic not in wanted:  # subscriptions match prefixes: 'light' matches 'lightning'
                 return
             key = (message.sender, message.topic)
             if key in newest and message.order <= newest[key]:
                 return  # a re-sent last value we already have
+            try:
+                body = msgspec.convert(message.body, body_type) if body_type else None
+            except msgspec.ValidationError as exc:
+                problem, where = explain(exc)
+                where = f" at 'body.{where}'" if where else " in 'body'"
+                log.warning(
+                    "%s dropped a malformed message: topic '%s': %s%s", self.label, message.topic, problem, where
+                )
+                return
             newest[key] = message.order
             handler(message, body)
 
-        self.on_readable(sock, lambda: self._drain(sock, on_frames))
-
-    @staticmethod
-    def _drain(sock: zmq.Socket, read_one: Callable[[], None]) -> None:
-        for _ in range(DRAIN_LIMIT):
-            read_one()
-            if not sock.poll(0):
-                return
+        self.on_readable(sock, on_frames)
 
     # --- timers ------------------------------------------------------------------------------------
 
@@ -199,7 +207,7 @@ class Service:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.stop)
         self.on_readable(wake_r, lambda: wake_r.recv(64))
-        log.info("%s started", self.spec.name)
+        log.info("%s started", self.label)
         try:
             while not self._stopping:
                 self._touch_health_file()
@@ -212,10 +220,10 @@ class Service:
             if self._health_file:
                 with contextlib.suppress(OSError):
                     os.remove(self._health_file)
-            self.context.destroy(linger=0)
+            self.context.destroy()  # closes each socket with its own linger: 0 unless a socket asked for more
             wake_r.close()
             wake_w.close()
-        log.info("%s stopped", self.spec.name)
+        log.info("%s stopped", self.label)
         return 0
 
     def _touch_health_file(self) -> None:
@@ -234,8 +242,9 @@ class Publisher:
     message of each matching topic. Other subscribers get a copy too and drop it by (boot, seq).
     """
 
-    def __init__(self, service: Service, spec: Publish) -> None:
+    def __init__(self, service: Service, spec: Publish, on_subscriber: Callable[[], None] | None = None) -> None:
         self.service = service
+        self.on_subscriber = on_subscriber
         self.topic = spec.topic
         self.sock = service.socket(zmq.XPUB)
         self.sock.xpub_verbose = True  # report every subscription, not only the first per topic
@@ -259,6 +268,8 @@ class Publisher:
         prefix = event[1:]
         # A subscriber on several publishers sends all its subscriptions to each: answer only those for us.
         if event[:1] == b"\x01" and self.topic.encode().startswith(prefix):
-            log.info("%s has a new subscriber; re-sending the current state", self.service.spec.name)
+            log.info("%s has a new subscriber; re-sending the current state", self.service.label)
             if self._last:
                 self.sock.send_multipart(self._last)
+            if self.on_subscriber:
+                self.on_subscriber()

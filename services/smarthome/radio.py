@@ -1,0 +1,22 @@
+"""The radio: a subscriber the tutorial does not have, for the N-to-N routine. Plays while any light is on."""
+
+import logging
+
+from smarthome.config import RadioConfig
+from smarthome.envelope import LightState, Message
+from smarthome.runtime import Service
+
+log = logging.getLogger(__name__)
+
+
+def main(service: Service, spec: RadioConfig) -> None:
+    lights: dict[str, bool] = {}  # sender -> on, one entry per light switch heard
+
+    def on_light(message: Message, light: LightState) -> None:
+        was_playing = any(lights.values())
+        lights[message.sender] = light.state == "ON"
+        log.info("%s heard '%s is %s' from %s", spec.name, message.topic, light.state, message.sender)
+        if any(lights.values()) != was_playing:
+            log.info("%s %s", spec.name, "playing" if not was_playing else "silent")
+
+    service.subscribe(spec.subscribe, LightState, on_light)
