@@ -10,15 +10,18 @@ from support import ServiceProcess
 
 
 @pytest.fixture
-def run_service(request: pytest.FixtureRequest) -> Iterator[Callable[[str, Path], ServiceProcess]]:
-    """Start services; stop them all at the end, printing their output if the test failed."""
+def run_service() -> Iterator[Callable[..., ServiceProcess]]:
+    """Start services (or `smarthome` commands: name, config, *args); stop them all at the end.
+
+    Their output is printed at teardown, which pytest shows when the test failed.
+    """
     started: list[ServiceProcess] = []
 
-    def start(name: str, config: Path) -> ServiceProcess:
-        started.append(ServiceProcess(name, config))
+    def start(name: str, config: Path, *command: str) -> ServiceProcess:
+        started.append(ServiceProcess(name, config, *command))
         return started[-1]
 
     yield start
     for service in started:
         service.stop()
-    print("\n".join(s.output() for s in started))  # shown by pytest only when the test failed
+    print("\n".join(s.output() for s in started))

@@ -120,6 +120,12 @@ class ServiceProcess:
     def output(self) -> str:
         return "\n".join(f"{self.name} | {line}" for line in self.lines)
 
+    def wait_exit(self, timeout: float = DEADLINE) -> int:
+        """The exit code of a process that ends by itself."""
+        wait_until(lambda: self.proc.poll() is not None, f"{self.name} to exit", timeout, self.output)
+        self._reader.join(timeout)
+        return self.proc.returncode
+
     def stop(self, timeout: float = DEADLINE) -> int:
         """SIGTERM, then the exit code (a service that does not exit in time fails the test)."""
         if self.proc.poll() is None:

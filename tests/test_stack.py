@@ -1,4 +1,6 @@
-"""The Docker tier: the real compose stack on a real engine, checked through its logs and exit codes.
+"""The Docker tier: the real compose stacks on a real engine, checked through their logs and exit codes.
+
+The stacks publish their fixed ports on 127.0.0.1 for the host tools, so stop your own stack first.
 
 Needs a Docker engine with Compose v2 (`bash .ci/provision-docker` sets one up). Outside CI a missing
 engine skips this module; with CI=true it fails, so CI can never pass without running it.
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 
 import docker
 import pytest
-from support import ROOT, wait_until
+from support import BROKER_CONFIG, ROOT, smarthome, wait_until
 
 pytestmark = pytest.mark.docker
 
@@ -93,8 +95,9 @@ def built(engine: docker.DockerClient) -> None:
 
 
 @pytest.fixture
-def stack(engine: docker.DockerClient, built: None) -> Iterator[Stack]:
-    stack = Stack(engine)
+def stack(engine: docker.DockerClient, built: None, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """A fresh project; `@pytest.mark.parametrize("stack", [files], indirect=True)` picks other compose files."""
+    stack = Stack(engine, *getattr(request, "param", ()))
     try:
         yield stack
     finally:
@@ -143,4 +146,57 @@ def test_any_start_order_converges(stack: Stack, order: list[str]) -> None:
     for service in order:
         stack.compose("up", "--detach", "--wait", "--wait-timeout", "60", "--no-deps", service)
     wait_for_the_morning_routine(stack)
+    stack.stop_and_check_exit_codes()
+
+
+BROKER_FILES = ("docker-compose.yml", "docker-compose.broker.yml")
+
+
+def mirror_view(stack: Stack) -> dict[str, str]:
+    """The mirror's latest summary as {label: state}, e.g. {"coffee": "ready", "toast@1a2b3c4d5e6f": "idle"}."""
+    line = stack.last("smart-mirror", "MIRROR coffee")
+    return dict(part.split("=") for part in line.split()[1:])
+
+
+def mirror_shows(stack: Stack, state: str, toasters: int) -> bool:
+    view = mirror_view(stack)
+    return sum(label.startswith("toast@") for label in view) == toasters and set(view.values()) == {state}
+
+
+@pytest.mark.parametrize("stack", [BROKER_FILES], indirect=True)
+def test_broker_wiring_is_n_to_n_scales_serves_late_joiners_and_survives_a_broker_restart(stack: Stack) -> None:
+    early = ["broker", "light-switch", "kitchen-light", "coffee-maker", "toaster", "smart-mirror"]
+    stack.compose("up", "--detach", "--wait", "--wait-timeout", "60", "--scale", "toaster=3", *early)
+    toasters = stack.containers("toaster")
+    assert len(toasters) == 3
+    for appliance in [*toasters, *stack.containers("coffee-maker")]:  # every subscriber hears both switches
+        wait_until(
+            lambda c=appliance: c.logs().decode().count("received 'light is ON' from light.") >= 2,
+            f"{appliance.name} to hear both light switches",
+            60,
+            stack.all_logs,
+        )
+    wait_until(
+        lambda: mirror_shows(stack, "ready", toasters=3), "the mirror to show 3 toasters ready", 60, stack.all_logs
+    )
+
+    stack.compose("up", "--detach", "--wait", "--no-deps", "radio")  # a late joiner
+    stack.wait_for("radio", "RADIO heard 'light is ON' from light-switch@")
+    stack.wait_for("radio", "RADIO heard 'light is ON' from kitchen-light@")
+    stack.wait_for("radio", "RADIO playing")
+
+    # The host tools, through the broker's ports on 127.0.0.1.
+    seen = smarthome(BROKER_CONFIG, "sub", "toast", "--count", "3", "--timeout", "30")
+    assert seen.returncode == 0, seen.stderr
+    assert len({line.split()[1] for line in seen.stdout.splitlines()}) == 3  # three toaster senders
+    assert smarthome(BROKER_CONFIG, "light", "off").returncode == 0
+    wait_until(lambda: mirror_shows(stack, "idle", toasters=3), "the mirror to show all idle", 60, stack.all_logs)
+    stack.wait_for("radio", "RADIO silent")
+
+    stack.compose("restart", "broker")
+    stack.wait_for("broker", "BROKER started", times=2)
+    switched = smarthome(BROKER_CONFIG, "light", "on", "--timeout", "30")  # waits for the switches to reconnect
+    assert switched.returncode == 0, switched.stderr
+    wait_until(lambda: mirror_shows(stack, "ready", toasters=3), "the mirror to converge again", 60, stack.all_logs)
+
     stack.stop_and_check_exit_codes()
