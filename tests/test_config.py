@@ -17,7 +17,7 @@ def test_broker_config_loads() -> None:
 
 def test_shipped_config_loads() -> None:
     config = load_config(SHIPPED_CONFIG)
-    assert set(config.services) == {"light-switch", "coffee-maker", "toaster", "smart-mirror"}
+    assert set(config.services) == {"light-switch", "coffee-maker", "toaster", "smart-mirror", "web"}
     toaster = config.services["toaster"]
     assert isinstance(toaster, ApplianceConfig)
     assert toaster.subscribe.topics == ["light"]
@@ -105,5 +105,5 @@ def test_unknown_service_name_is_a_config_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"smarthome: config error: {SHIPPED_CONFIG}: services: no service named 'kettle' "
-        "(have: light-switch, coffee-maker, toaster, smart-mirror)"
+        "(have: light-switch, coffee-maker, toaster, smart-mirror, web)"
     )

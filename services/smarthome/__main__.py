@@ -16,16 +16,19 @@ from typing import Any, NoReturn
 
 import zmq
 
-from smarthome import appliance, broker, cli, light_switch, local, mirror, radio
+from smarthome import appliance, broker, cli, light_switch, local, mirror, radio, web
 from smarthome.config import ConfigError, load_config
 from smarthome.runtime import Service, setup_logging
 
-ENTRYPOINTS: dict[str, Callable[[Service, Any], None]] = {
+# role -> entrypoint. An entrypoint sets up its sockets on the service's poller loop, which then runs;
+# one that runs a loop of its own (the web forwarder: asyncio) returns its exit code instead.
+ENTRYPOINTS: dict[str, Callable[[Service, Any], int | None]] = {
     "light-switch": light_switch.main,
     "appliance": appliance.main,
     "mirror": mirror.main,
     "radio": radio.main,
     "broker": broker.main,
+    "web": web.main,
 }
 
 
@@ -35,8 +38,8 @@ def run(name: str, config_path: str | None) -> int:
         raise ConfigError(config.path, "services", f"no service named '{name}' (have: {', '.join(config.services)})")
     setup_logging()
     service = Service(name, config)
-    ENTRYPOINTS[type(service.spec).__struct_config__.tag](service, service.spec)
-    return service.run()
+    exit_code = ENTRYPOINTS[type(service.spec).__struct_config__.tag](service, service.spec)
+    return service.run() if exit_code is None else exit_code
 
 
 class _Parser(argparse.ArgumentParser):

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 
-from smarthome.config import Config, Publish, Subscribe, to_loopback
+from smarthome.config import Config, LightSwitchConfig, Publish, Subscribe, to_loopback
 from smarthome.envelope import LightState, Message
 from smarthome.runtime import Service
 
@@ -113,7 +113,8 @@ def pub(config: Config, topic: str, body_json: str, timeout: float) -> int:
 
 def light(config: Config, state: str, timeout: float) -> int:
     """Switch the light(s) from outside: a LightState on the light switches' commands topic."""
-    topics = {s.commands.topics[0] for s in config.services.values() if getattr(s, "commands", None)}
+    switches = [s for s in config.services.values() if isinstance(s, LightSwitchConfig) and s.commands]
+    topics = {s.commands.topics[0] for s in switches}
     if not topics:
         raise UsageError("no light switch in this config takes commands")
     return pub(config, topics.pop(), json.dumps({"state": LightState(state.upper()).state}), timeout)

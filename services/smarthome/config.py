@@ -64,6 +64,7 @@ class ApplianceConfig(_Service, tag="appliance"):
 
 class MirrorConfig(_Service, tag="mirror"):
     subscribe: Subscribe
+    publish: Publish | None = None  # where it shows its view to others (the dashboard)
 
 
 class RadioConfig(_Service, tag="radio"):
@@ -75,12 +76,21 @@ class BrokerConfig(_Service, tag="broker"):
     subscribers: str  # XPUB bind endpoint that every subscriber connects to
 
 
-ServiceConfig = LightSwitchConfig | ApplianceConfig | MirrorConfig | RadioConfig | BrokerConfig
+class WebConfig(_Service, tag="web"):
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)]  # HTTP: the dashboard, /ws and /healthz
+    subscribe: Subscribe  # every topic to forward (empty list: all)
+    commands: Publish  # where browser commands go: the light switches' commands topic
+    client_queue: Annotated[int, msgspec.Meta(ge=1)]  # messages a browser may fall behind before it is dropped
+    offline_after: Annotated[int, msgspec.Meta(ge=1)]  # missed heartbeats before a sender is shown offline
+
+
+ServiceConfig = LightSwitchConfig | ApplianceConfig | MirrorConfig | RadioConfig | BrokerConfig | WebConfig
 
 
 class _Settings(_Strict):
     poll_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=1000)]  # bounds how long SIGTERM waits
     max_message_bytes: Annotated[int, msgspec.Meta(ge=1024)]  # larger peers are disconnected
+    heartbeat_interval: Annotated[float, msgspec.Meta(gt=0)]  # seconds between every publisher's heartbeats
     services: dict[str, Any]
 
 
@@ -88,6 +98,7 @@ class Config(msgspec.Struct, frozen=True):
     path: str
     poll_timeout_ms: int
     max_message_bytes: int
+    heartbeat_interval: float
     services: dict[str, ServiceConfig]
 
     def publisher_of(self, topic: str) -> tuple[str, ServiceConfig] | None:
@@ -128,7 +139,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     services = {
         name: _convert(path, f"services.{name}", entry, ServiceConfig) for name, entry in settings.services.items()
     }
-    config = Config(path, settings.poll_timeout_ms, settings.max_message_bytes, services)
+    config = Config(path, settings.poll_timeout_ms, settings.max_message_bytes, settings.heartbeat_interval, services)
     _check_wiring(config)
     return config
 

@@ -17,6 +17,8 @@ import msgspec
 
 from smarthome.schema import explain
 
+HEARTBEAT_TOPIC = "heartbeat"  # every publisher's 'I am alive', once per heartbeat_interval
+
 Sender = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Counter = Annotated[int, msgspec.Meta(ge=0)]
 
@@ -85,3 +87,7 @@ class LightState(msgspec.Struct, frozen=True):
 
 class ApplianceStatus(msgspec.Struct, frozen=True):
     status: bool  # true = ready (coffee made, toast done)
+
+
+class MirrorView(msgspec.Struct, frozen=True):
+    view: dict[str, str]  # label -> "ready" | "idle" | "unknown", e.g. {"coffee": "ready", "toast@1a2b": "idle"}

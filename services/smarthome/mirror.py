@@ -1,10 +1,13 @@
-"""The smart mirror: the N -> 1 subscriber. Shows which appliances are ready, one summary line per change."""
+"""The smart mirror: the N -> 1 subscriber. Shows which appliances are ready, one summary line per change.
+
+It also publishes its view (if configured), so the dashboard can show what the mirror shows.
+"""
 
 import json
 import logging
 
 from smarthome.config import MirrorConfig
-from smarthome.envelope import ApplianceStatus, Message
+from smarthome.envelope import ApplianceStatus, Message, MirrorView
 from smarthome.runtime import Service
 
 log = logging.getLogger(__name__)
@@ -14,25 +17,28 @@ def main(service: Service, spec: MirrorConfig) -> None:
     display = {topic: service.config.publisher_of(topic)[1].name for topic in spec.subscribe.topics}
     # (topic, sender) -> ready: scaled appliances share a topic and are told apart by sender.
     view: dict[tuple[str, str], bool] = {}
-    shown = ""
+    shown: dict[str, str] = {}
+    publisher = service.publisher(spec.publish) if spec.publish else None
 
-    def summary() -> str:
-        parts = []
+    def labelled() -> dict[str, str]:
+        shown: dict[str, str] = {}
         for topic in spec.subscribe.topics:
             senders = sorted(sender for t, sender in view if t == topic)
             if not senders:
-                parts.append(f"{topic}=unknown")
+                shown[topic] = "unknown"
             for sender in senders:
                 label = topic if len(senders) == 1 else f"{topic}@{sender.partition('@')[2]}"
-                parts.append(f"{label}={'ready' if view[topic, sender] else 'idle'}")
-        return f"{spec.name} " + " ".join(parts)
+                shown[label] = "ready" if view[topic, sender] else "idle"
+        return shown
 
     def on_status(message: Message, status: ApplianceStatus) -> None:
         nonlocal shown
         log.info("Topic: %s => %s", display[message.topic], json.dumps(message.body))
         view[message.topic, message.sender] = status.status
-        if (line := summary()) != shown:
-            shown = line
-            log.info("%s", line)
+        if (now := labelled()) != shown:
+            shown = now
+            log.info("%s %s", spec.name, " ".join(f"{label}={state}" for label, state in now.items()))
+            if publisher:
+                publisher.publish(MirrorView(now))
 
     service.subscribe(spec.subscribe, ApplianceStatus, on_status)
