@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -176,11 +177,14 @@ def as_json(message: Message) -> str:
     return json.dumps({k: getattr(message, k) for k in ("topic", "sender", "seq", "ts", "body")})
 
 
+FORWARDER = web.AppKey("forwarder", Forwarder)
+
+
 def make_app(service: Service, spec: WebConfig) -> web.Application:
     """The aiohttp application, its zmq sockets opened on start-up and closed on clean-up."""
     forwarder = Forwarder(service, spec)
     app = web.Application()
-    app["forwarder"] = forwarder
+    app[FORWARDER] = forwarder
 
     async def zmq_sockets(app: web.Application) -> Any:
         context = zmq.asyncio.Context()
@@ -217,7 +221,11 @@ def make_app(service: Service, spec: WebConfig) -> web.Application:
 
     app.cleanup_ctx.append(zmq_sockets)
     app.on_shutdown.append(going_away)
-    app.router.add_get("/", lambda request: web.FileResponse(STATIC / "index.html"))
+
+    async def index(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    app.router.add_get("/", index)
     app.router.add_get("/ws", forwarder.websocket)
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static", STATIC)
@@ -225,8 +233,21 @@ def make_app(service: Service, spec: WebConfig) -> web.Application:
 
 
 def main(service: Service, spec: WebConfig) -> int:
-    """Serve until SIGTERM/SIGINT (aiohttp handles both), then close browsers with 'going away' and exit 0."""
+    """Serve until SIGTERM/SIGINT, then close browsers with 'going away' and exit 0."""
     host = "127.0.0.1" if os.environ.get(LOOPBACK_ENV) == "1" else "0.0.0.0"  # local mode stays on loopback
-    web.run_app(make_app(service, spec), host=host, port=spec.port, access_log=None, print=None, shutdown_timeout=1)
+    asyncio.run(serve(make_app(service, spec), host, spec.port))
     log.info("%s stopped", spec.name)
     return 0
+
+
+async def serve(app: web.Application, host: str, port: int) -> None:
+    # Our own signal handling rather than run_app's: a second signal (Ctrl-C reaches a whole process group,
+    # and `smarthome local` forwards SIGTERM too) must not interrupt a shutdown already under way.
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    await stop.wait()
+    await runner.cleanup()

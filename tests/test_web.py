@@ -1,0 +1,177 @@
+"""The WebSocket forwarder with aiohttp's test client, over real zmq sockets on loopback.
+
+The test plays the publishers (an XPUB where the forwarder connects); the light switch, where commands
+go, is the real service process; browsers are aiohttp WebSocket clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+import zmq.asyncio
+from aiohttp import WSMsgType
+from smarthome.config import load_config
+from smarthome.envelope import Message, encode
+from smarthome.runtime import Service
+from smarthome.web import FORWARDER, make_app
+from support import endpoint, loopback_config
+
+DEADLINE = 15.0
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SMARTHOME_LOOPBACK", "1")
+    return loopback_config(
+        tmp_path, heartbeat_interval=0.1, **{"services.web.client_queue": 64, "services.web.offline_after": 3}
+    )
+
+
+class Appliances:
+    """The publishers the forwarder connects to, played by one XPUB on the coffee maker's endpoint."""
+
+    def __init__(self, context: zmq.asyncio.Context, config: Path) -> None:
+        self.sock = context.socket(zmq.XPUB)
+        self.sock.bind(endpoint(config, "coffee-maker"))
+        self.seq = 0
+
+    async def subscribed(self) -> None:
+        assert await asyncio.wait_for(self.sock.recv(), DEADLINE) == b"\x01"  # the forwarder takes every topic
+
+    async def send(self, topic: str, body: dict[str, Any], sender: str = "toaster@test") -> None:
+        self.seq += 1
+        await self.sock.send_multipart(encode(Message(topic, sender, 1, self.seq, time.time(), body)))
+
+
+@pytest.fixture
+async def zmq_context() -> AsyncIterator[zmq.asyncio.Context]:
+    context = zmq.asyncio.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+async def site(config: Path, zmq_context: zmq.asyncio.Context, aiohttp_client: Any) -> Any:
+    """(client factory, appliances, forwarder): the forwarder app running, its subscription in place."""
+    appliances = Appliances(zmq_context, config)
+    app = make_app(Service("web", load_config(config)), load_config(config).services["web"])
+    client = await aiohttp_client(app)
+    await appliances.subscribed()
+    return client, appliances, app[FORWARDER]
+
+
+async def next_event(ws: Any, skip_presence: bool = True) -> dict[str, Any]:
+    while True:
+        frame = await asyncio.wait_for(ws.receive(), DEADLINE)
+        assert frame.type == WSMsgType.TEXT, frame
+        event = json.loads(frame.data)
+        if not (skip_presence and event["topic"] == "presence"):
+            return event
+
+
+async def test_every_browser_gets_every_message(site: Any) -> None:
+    client, appliances, _ = site
+    first, second = await client.ws_connect("/ws"), await client.ws_connect("/ws")
+    for i in range(20):
+        await appliances.send("toast", {"status": i % 2 == 0})
+    for ws in (first, second):
+        events = [await next_event(ws) for _ in range(20)]
+        assert [e["seq"] for e in events] == list(range(1, 21))
+        assert set(events[0]) == {"topic", "sender", "seq", "ts", "body"}
+        assert events[0]["topic"] == "toast" and events[0]["body"] == {"status": True}
+
+
+async def test_a_new_browser_starts_with_the_current_state(site: Any) -> None:
+    client, appliances, _ = site
+    early = await client.ws_connect("/ws")
+    await appliances.send("light", {"state": "ON"}, sender="light-switch@test")
+    await appliances.send("toast", {"status": True})
+    assert (await next_event(early))["topic"] == "light"
+    assert (await next_event(early))["topic"] == "toast"  # both have reached the forwarder now
+    late = await client.ws_connect("/ws")
+    topics = {(await next_event(late))["topic"] for _ in range(2)}
+    assert topics == {"light", "toast"}
+
+
+async def test_a_topic_filter_narrows_what_a_browser_gets(site: Any) -> None:
+    client, appliances, _ = site
+    only_light = await client.ws_connect("/ws?topics=light")
+    await appliances.send("toast", {"status": True})
+    await appliances.send("light", {"state": "OFF"}, sender="light-switch@test")
+    event = await next_event(only_light)
+    assert (event["topic"], event["body"]) == ("light", {"state": "OFF"})
+
+
+async def test_a_slow_browser_is_dropped_and_the_fast_one_keeps_up(site: Any) -> None:
+    client, appliances, forwarder = site
+    slow = await client.ws_connect("/ws")  # never reads
+    fast = await client.ws_connect("/ws")
+    body = {"status": True, "padding": "x" * 8000}  # fills the slow browser's socket buffers sooner
+    sent = 0
+    deadline = time.monotonic() + DEADLINE
+    while len(forwarder.browsers) == 2:  # bounded by the deadline below
+        assert time.monotonic() < deadline, "the slow browser was never dropped"
+        for _ in range(20):
+            await appliances.send("toast", body)
+            sent += 1
+        for _ in range(20):  # the fast browser reads everything before the next batch
+            assert (await next_event(fast))["seq"] == appliances.seq - 19 + _
+    assert len(forwarder.browsers) == 1
+    await appliances.send("toast", {"status": False})
+    assert (await next_event(fast))["body"] == {"status": False}  # still served after the drop
+    while (frame := await asyncio.wait_for(slow.receive(), DEADLINE)).type == WSMsgType.TEXT:
+        pass  # what it had buffered, then the close
+    assert frame.type == WSMsgType.CLOSE
+    assert frame.data == 1013 and "too slow" in frame.extra
+
+
+async def test_commands_are_validated_and_errors_go_to_that_browser_only(
+    site: Any, config: Path, run_service: Any
+) -> None:
+    client, appliances, forwarder = site
+    sender, bystander = await client.ws_connect("/ws"), await client.ws_connect("/ws")
+    await sender.send_str('{"command": "light", "state": "OFF"}')
+    assert (await next_event(sender))["body"] == {"error": "no light switch is listening"}
+
+    light_switch = run_service("light-switch", config)  # the real one: its commands socket binds
+    deadline = time.monotonic() + DEADLINE
+    while forwarder.command_listeners < 1:  # the forwarder has seen the switch's subscription
+        assert time.monotonic() < deadline, light_switch.output()
+        await asyncio.sleep(0.02)  # ok: pause between polls of a deadline loop
+    for bad, reason in (
+        ("not json", "bad command: JSON is malformed"),
+        ('{"command": "lamp", "state": "ON"}', "bad command: unknown command 'lamp'"),
+        ('{"command": "light", "state": "DIM"}', "bad command: Invalid enum value 'DIM'"),
+        ('{"command": "light"}', "bad command: Object missing required field `state`"),
+    ):
+        await sender.send_str(bad)
+        event = await next_event(sender)
+        assert event["topic"] == "error" and event["body"]["error"].startswith(reason), event
+
+    await sender.send_str('{"command": "light", "state": "OFF"}')
+    deadline = time.monotonic() + DEADLINE
+    while not light_switch.count("switched OFF by web@"):
+        assert time.monotonic() < deadline, light_switch.output()
+        await asyncio.sleep(0.02)  # ok: pause between polls of a deadline loop
+    assert light_switch.count("switched") == 1  # none of the bad commands was published
+
+    await appliances.send("toast", {"status": True})
+    assert (await next_event(bystander))["topic"] == "toast"  # no error events reached the other browser
+
+
+async def test_senders_go_offline_when_heartbeats_stop_and_online_when_they_return(site: Any) -> None:
+    client, appliances, _ = site
+    ws = await client.ws_connect("/ws")
+    await appliances.send("heartbeat", {"for": "toast"})
+    assert (await next_event(ws, skip_presence=False))["body"] == {"sender": "toaster@test", "online": True}
+    # No more heartbeats: after 3 missed intervals of 0.1 s the forwarder says so.
+    assert (await next_event(ws, skip_presence=False))["body"] == {"sender": "toaster@test", "online": False}
+    await appliances.send("heartbeat", {"for": "toast"})
+    assert (await next_event(ws, skip_presence=False))["body"] == {"sender": "toaster@test", "online": True}
