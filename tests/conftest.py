@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import docker
 import pytest
-from support import ServiceProcess
+from support import ServiceProcess, Stack
 
 
 @pytest.fixture
@@ -25,3 +27,35 @@ def run_service() -> Iterator[Callable[..., ServiceProcess]]:
     for service in started:
         service.stop()
     print("\n".join(s.output() for s in started))
+
+
+# --- the Docker tier ---
+
+
+@pytest.fixture(scope="session")
+def engine() -> docker.DockerClient:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        message = f"no Docker engine: {exc} (run `bash .ci/provision-docker`)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return client
+
+
+@pytest.fixture(scope="session")
+def built(engine: docker.DockerClient) -> None:
+    Stack(engine).compose("build")
+
+
+@pytest.fixture
+def stack(engine: docker.DockerClient, built: None, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """A fresh project; `@pytest.mark.parametrize("stack", [files], indirect=True)` picks other compose files."""
+    stack = Stack(engine, *getattr(request, "param", ()))
+    try:
+        yield stack
+    finally:
+        print(stack.all_logs())  # pytest shows it when the test failed
+        stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "5")

@@ -10,10 +10,12 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 import yaml
 
@@ -21,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / "config" / "smarthome.yml"
 BROKER_CONFIG = ROOT / "config" / "smarthome.broker.yml"
 DEADLINE = 15.0  # seconds any awaited condition may take before a test fails
+COMPOSE_TIMEOUT = 300  # seconds for one compose command (a first build installs dependencies)
+ALL_READY = "MIRROR coffee=ready toast=ready"
 
 
 def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE, describe=lambda: "") -> Any:
@@ -137,3 +141,55 @@ class ServiceProcess:
             pytest.fail(f"{self.name} did not exit within {timeout}s of SIGTERM\n{self.output()}")
         self._reader.join(timeout)
         return code
+
+
+class Stack:
+    """One compose project of ours, under its own name, driven by the `docker compose` CLI."""
+
+    def __init__(self, engine: docker.DockerClient, *files: str) -> None:
+        self.engine = engine
+        self.project = f"smarthome-test-{uuid.uuid4().hex[:8]}"
+        self.files = [arg for f in files or ("docker-compose.yml",) for arg in ("-f", str(ROOT / f))]
+
+    def compose(self, *args: str) -> str:
+        command = ["docker", "compose", *self.files, "-p", self.project, *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=COMPOSE_TIMEOUT, cwd=ROOT)
+        assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    def containers(self, service: str | None = None) -> list:
+        labels = [f"com.docker.compose.project={self.project}"]
+        if service:
+            labels.append(f"com.docker.compose.service={service}")
+        return self.engine.containers.list(all=True, filters={"label": labels})
+
+    def log_lines(self, service: str) -> list[str]:
+        return [line for c in self.containers(service) for line in c.logs().decode().splitlines()]
+
+    def count(self, service: str, text: str) -> int:
+        return sum(text in line for line in self.log_lines(service))
+
+    def last(self, service: str, prefix: str) -> str:
+        messages = [line.split(maxsplit=2)[-1] for line in self.log_lines(service)]
+        return next((m for m in reversed(messages) if m.startswith(prefix)), "")
+
+    def wait_for(self, service: str, text: str, times: int = 1) -> None:
+        wait_until(lambda: self.count(service, text) >= times, f"{service} to log {text!r} x{times}", 60, self.all_logs)
+
+    def all_logs(self) -> str:
+        return "\n".join(
+            f"{c.labels['com.docker.compose.service']} | {line}"
+            for c in self.containers()
+            for line in c.logs().decode().splitlines()
+        )
+
+    def stop_and_check_exit_codes(self) -> None:
+        """`docker compose stop` (SIGTERM), then every container must have exited 0 by itself."""
+        self.compose("stop")
+        for container in self.containers():
+            container.reload()
+            state = container.attrs["State"]
+            name = container.labels["com.docker.compose.service"]
+            assert state["ExitCode"] == 0, f"{name} exited {state['ExitCode']} (137 = SIGKILLed)\n{self.all_logs()}"
+            assert not state["OOMKilled"]
+            assert self.log_lines(name)[-1].endswith("stopped")

@@ -8,101 +8,12 @@ engine skips this module; with CI=true it fails, so CI can never pass without ru
 
 from __future__ import annotations
 
-import os
-import subprocess
-import uuid
-from collections.abc import Iterator
-
-import docker
 import pytest
-from support import BROKER_CONFIG, ROOT, smarthome, wait_until
+from support import ALL_READY, BROKER_CONFIG, Stack, smarthome, wait_until
 
 pytestmark = pytest.mark.docker
 
-SERVICES = ["light-switch", "coffee-maker", "toaster", "smart-mirror"]
-ALL_READY = "MIRROR coffee=ready toast=ready"
-COMPOSE_TIMEOUT = 300  # seconds for one compose command (a first build installs dependencies)
-
-
-@pytest.fixture(scope="session")
-def engine() -> docker.DockerClient:
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as exc:
-        message = f"no Docker engine: {exc} (run `bash .ci/provision-docker`)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return client
-
-
-class Stack:
-    """One compose project of ours, under its own name, driven by the `docker compose` CLI."""
-
-    def __init__(self, engine: docker.DockerClient, *files: str) -> None:
-        self.engine = engine
-        self.project = f"smarthome-test-{uuid.uuid4().hex[:8]}"
-        self.files = [arg for f in files or ("docker-compose.yml",) for arg in ("-f", str(ROOT / f))]
-
-    def compose(self, *args: str) -> str:
-        command = ["docker", "compose", *self.files, "-p", self.project, *args]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=COMPOSE_TIMEOUT, cwd=ROOT)
-        assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
-        return result.stdout
-
-    def containers(self, service: str | None = None) -> list:
-        labels = [f"com.docker.compose.project={self.project}"]
-        if service:
-            labels.append(f"com.docker.compose.service={service}")
-        return self.engine.containers.list(all=True, filters={"label": labels})
-
-    def log_lines(self, service: str) -> list[str]:
-        return [line for c in self.containers(service) for line in c.logs().decode().splitlines()]
-
-    def count(self, service: str, text: str) -> int:
-        return sum(text in line for line in self.log_lines(service))
-
-    def last(self, service: str, prefix: str) -> str:
-        messages = [line.split(maxsplit=2)[-1] for line in self.log_lines(service)]
-        return next((m for m in reversed(messages) if m.startswith(prefix)), "")
-
-    def wait_for(self, service: str, text: str, times: int = 1) -> None:
-        wait_until(lambda: self.count(service, text) >= times, f"{service} to log {text!r} x{times}", 60, self.all_logs)
-
-    def all_logs(self) -> str:
-        return "\n".join(
-            f"{c.labels['com.docker.compose.service']} | {line}"
-            for c in self.containers()
-            for line in c.logs().decode().splitlines()
-        )
-
-    def stop_and_check_exit_codes(self) -> None:
-        """`docker compose stop` (SIGTERM), then every container must have exited 0 by itself."""
-        self.compose("stop")
-        for container in self.containers():
-            container.reload()
-            state = container.attrs["State"]
-            name = container.labels["com.docker.compose.service"]
-            assert state["ExitCode"] == 0, f"{name} exited {state['ExitCode']} (137 = SIGKILLed)\n{self.all_logs()}"
-            assert not state["OOMKilled"]
-            assert self.log_lines(name)[-1].endswith("stopped")
-
-
-@pytest.fixture(scope="session")
-def built(engine: docker.DockerClient) -> None:
-    Stack(engine).compose("build")
-
-
-@pytest.fixture
-def stack(engine: docker.DockerClient, built: None, request: pytest.FixtureRequest) -> Iterator[Stack]:
-    """A fresh project; `@pytest.mark.parametrize("stack", [files], indirect=True)` picks other compose files."""
-    stack = Stack(engine, *getattr(request, "param", ()))
-    try:
-        yield stack
-    finally:
-        print(stack.all_logs())  # pytest shows it when the test failed
-        stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "5")
+SERVICES = ["light-switch", "coffee-maker", "toaster", "smart-mirror", "web"]
 
 
 def wait_for_the_morning_routine(stack: Stack) -> None:
