@@ -24,7 +24,7 @@ import docker
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ["light-switch", "coffee-maker", "toaster", "smart-mirror"]
+SERVICES = ["light-switch", "coffee-maker", "toaster", "smart-mirror", "web"]
 ALL_READY = "MIRROR coffee=ready toast=ready"
 DEADLINE = 60.0
 
@@ -120,7 +120,8 @@ def main() -> None:
     base_rss = median(baseline, "rss")
     for service in SERVICES:
         ours = median(stack, f"rss:{service}")
-        print(f"| RSS {service} | {ours:.1f} MiB | {base_rss:.1f} MiB | {ours / base_rss:.2f}x | <= 30 MiB |")
+        target = "(aiohttp)" if service == "web" else "<= 30 MiB"
+        print(f"| RSS {service} | {ours:.1f} MiB | {base_rss:.1f} MiB | {ours / base_rss:.2f}x | {target} |")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,9 @@ class Pad(msgspec.Struct):
 
 
 def bench_config(name: str, spec: object) -> Config:
-    return Config("bench", poll_timeout_ms=100, max_message_bytes=1 << 20, services={name: spec})
+    return Config(
+        "bench", poll_timeout_ms=100, max_message_bytes=1 << 20, heartbeat_interval=1.0, services={name: spec}
+    )
 
 
 # --- roles (each runs in its own process or container) -------------------------------------------------
@@ -165,7 +167,7 @@ class Loopback:
 
     def start(self, role: str, *args: str) -> subprocess.Popen[str]:
         command = [sys.executable, __file__, role, *args]
-        return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # errors show on stderr
 
     def result(self, process: subprocess.Popen[str]) -> dict:
         return json.loads(process.communicate(timeout=120)[0].strip().splitlines()[-1])
