@@ -50,9 +50,8 @@ def loopback_config(tmp_path: Path, source: Path = SHIPPED_CONFIG, **changes: An
 
     `changes` maps a dotted key path to a new value, e.g. {"services.toaster.prep_time": 0}.
     """
-    text = source.read_text()
-    for port in sorted(set(re.findall(r":(\d{4,5})\b", text))):
-        text = text.replace(f":{port}", f":{free_port()}")
+    ports: dict[str, int] = {}  # shipped port -> free port, the same one wherever a port appears
+    text = re.sub(r":(\d{4,5})\b", lambda m: f":{ports.setdefault(m[1], free_port())}", source.read_text())
     config = yaml.safe_load(text)
     for dotted, value in changes.items():
         *parents, last = dotted.split(".")
