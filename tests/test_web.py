@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import zmq
 import zmq.asyncio
@@ -21,7 +23,7 @@ from smarthome.config import load_config
 from smarthome.envelope import Message, encode
 from smarthome.runtime import Service
 from smarthome.web import FORWARDER, make_app
-from support import endpoint, loopback_config
+from support import endpoint, free_port, loopback_config
 
 DEADLINE = 15.0
 
@@ -183,3 +185,21 @@ async def test_senders_go_offline_when_heartbeats_stop_and_online_when_they_retu
     assert (await next_event(ws, skip_presence=False))["body"] == {"sender": "toaster@test", "online": False}
     await appliances.send("heartbeat", {"for": "toast"})
     assert (await next_event(ws, skip_presence=False))["body"] == {"sender": "toaster@test", "online": True}
+
+
+async def test_sigterm_closes_browsers_with_going_away_and_exits_0(tmp_path: Path, run_service: Any) -> None:
+    port = free_port()
+    config = loopback_config(tmp_path, **{"services.web.port": port})
+    web = run_service("web", config)
+    deadline = time.monotonic() + DEADLINE
+    while not web.count("WEB started"):
+        assert time.monotonic() < deadline, web.output()
+        await asyncio.sleep(0.02)  # ok: pause between polls of a deadline loop
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"http://127.0.0.1:{port}/ws")
+        web.proc.send_signal(signal.SIGTERM)
+        while (frame := await asyncio.wait_for(ws.receive(), DEADLINE)).type == WSMsgType.TEXT:
+            pass
+        assert (frame.type, frame.data, frame.extra) == (WSMsgType.CLOSE, 1001, "server shutting down")
+    assert web.stop() == 0
+    assert web.lines[-1].endswith("WEB stopped")
