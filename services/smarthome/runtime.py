@@ -81,6 +81,15 @@ class Timer:
         self.cancelled = True
 
 
+def subscriber(context: zmq.Context, spec: Subscribe, max_message_bytes: int) -> zmq.Socket:
+    """A SUB socket for `spec.topics` (every topic if empty), yet to be bound or connected."""
+    sock = context.socket(zmq.SUB)
+    sock.maxmsgsize = max_message_bytes  # a peer sending more is disconnected
+    for topic in spec.topics or [""]:
+        sock.subscribe(topic)
+    return sock
+
+
 class Inbox:
     """What every subscriber does with a received message before its handler sees it.
 
@@ -140,7 +149,7 @@ class Service:
     def socket(self, kind: int) -> zmq.Socket:
         return self.context.socket(kind)
 
-    def on_message(self, sock: zmq.Socket, handler: Callable[[list[Any]], None], copy: bool = True) -> None:
+    def on_message(self, sock: zmq.Socket, handler: Callable[[list[bytes]], None]) -> None:
         """Call `handler(frames)` for each message `sock` receives.
 
         A wakeup reads until the socket is empty, but at most DRAIN_LIMIT messages, so one busy socket
@@ -150,7 +159,7 @@ class Service:
         def drain() -> None:
             for _ in range(DRAIN_LIMIT):
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     return
                 handler(frames)
@@ -192,15 +201,6 @@ class Service:
     def publisher(self, spec: Publish, on_subscriber: Callable[[], None] | None = None) -> Publisher:
         return Publisher(self, spec, on_subscriber)
 
-    def subscriber_socket(self, spec: Subscribe, context: zmq.Context | None = None) -> zmq.Socket:
-        """A SUB socket subscribed to `spec.topics` (all if empty) and attached as `spec` says."""
-        sock = (context or self.context).socket(zmq.SUB)
-        sock.maxmsgsize = self.config.max_message_bytes  # a peer sending more is disconnected
-        for topic in spec.topics or [""]:
-            sock.subscribe(topic)
-        self.attach(sock, bind=spec.bind, connect=spec.connect)
-        return sock
-
     def subscribe(
         self, spec: Subscribe, body_type: type[Body] | None, handler: Callable[[Message, Body | None], None]
     ) -> None:
@@ -209,7 +209,8 @@ class Service:
         Malformed messages are logged and dropped; duplicates, stale re-sends and topics that only share a
         prefix with a subscription are dropped silently. Only new, valid messages reach `handler`.
         """
-        sock = self.subscriber_socket(spec)
+        sock = subscriber(self.context, spec, self.config.max_message_bytes)
+        self.attach(sock, bind=spec.bind, connect=spec.connect)
         inbox = Inbox(self.label, spec.topics, body_type)
 
         def on_frames(frames: list[bytes]) -> None:

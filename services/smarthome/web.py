@@ -27,7 +27,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from smarthome.config import LOOPBACK_ENV, WebConfig
 from smarthome.envelope import HEARTBEAT_TOPIC, LightState, Message, encode
-from smarthome.runtime import Inbox, Service
+from smarthome.runtime import Inbox, Service, subscriber
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -189,16 +189,13 @@ def make_app(service: Service, spec: WebConfig) -> web.Application:
     async def zmq_sockets(app: web.Application) -> Any:
         context = zmq.asyncio.Context()
         context.linger = 0
-        subscriber = context.socket(zmq.SUB)
-        subscriber.maxmsgsize = service.config.max_message_bytes
-        for topic in spec.subscribe.topics or [""]:
-            subscriber.subscribe(topic)
+        sub = subscriber(context, spec.subscribe, service.config.max_message_bytes)
         for endpoint in spec.subscribe.connect:
-            subscriber.connect(endpoint)
+            sub.connect(endpoint)
         forwarder.commands = context.socket(zmq.XPUB)  # XPUB: we see whether a light switch listens
         forwarder.commands.connect(spec.commands.connect or "")
         tasks = [
-            asyncio.create_task(forwarder.receive(subscriber)),
+            asyncio.create_task(forwarder.receive(sub)),
             asyncio.create_task(forwarder.count_command_listeners(forwarder.commands)),
             asyncio.create_task(forwarder.watch_presence()),
         ]

@@ -3,6 +3,7 @@
 "use strict";
 
 const cards = new Map();  // sender -> {element, topic, online}
+const ORDER = ["light", "coffee", "toast", "mirror"];  // cards follow the routine, whatever arrives first
 const LOG_LINES = 50;
 let socket;
 let lightOn = null;
@@ -27,7 +28,11 @@ function card(sender, topic) {
       '<div class="state">…</div><div class="meta"></div>';
     element.querySelector(".name").textContent = sender.split("@")[0] +
       (sender.includes("@") ? ` @${sender.split("@")[1].slice(0, 6)}` : "");
-    document.getElementById("cards").append(element);
+    const rank = (t) => ORDER.indexOf(t);
+    const next = [...document.querySelectorAll("#cards .card")].find(
+      (other) => rank(other.dataset.topic) > rank(topic) ||
+        (other.dataset.topic === topic && other.dataset.sender > sender));
+    document.getElementById("cards").insertBefore(element, next || null);
     cards.set(sender, { element, topic, online: true });
   }
   return cards.get(sender);
