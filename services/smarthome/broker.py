@@ -10,10 +10,12 @@ import logging
 import zmq
 
 from smarthome.config import BrokerConfig
+from smarthome.envelope import HEARTBEAT_TOPIC
 from smarthome.runtime import Service, send_frames
 
 log = logging.getLogger(__name__)
 LAST_VALUES_MAX = 10_000  # topics remembered; the oldest is forgotten first
+HEARTBEAT = HEARTBEAT_TOPIC.encode()
 
 
 def main(service: Service, spec: BrokerConfig) -> None:
@@ -27,6 +29,8 @@ def main(service: Service, spec: BrokerConfig) -> None:
     def forward(frames: list[bytes]) -> None:
         send_frames(to_subscribers, frames)
         topic = frames[0]
+        if topic == HEARTBEAT:
+            return  # "alive now" is not state: a late subscriber must not take it for a live sender
         last_values.pop(topic, None)  # re-insert, so dict order is least recently updated first
         last_values[topic] = frames
         if len(last_values) > LAST_VALUES_MAX:
@@ -34,6 +38,8 @@ def main(service: Service, spec: BrokerConfig) -> None:
 
     def on_subscription(frames: list[bytes]) -> None:
         event = frames[0]
+        if event[:1] not in (b"\x00", b"\x01"):
+            return  # not a (un)subscription: XPUB peers have nothing else to say
         from_publishers.send(event)  # upstream too: publishers re-send their own state
         subscribed, topic = event[:1] == b"\x01", event[1:]
         shown = f"'{topic.decode(errors='replace')}'" if topic else "all topics"

@@ -283,8 +283,9 @@ class Publisher:
     """An XPUB socket that re-sends the current state whenever a subscription arrives.
 
     This is how late joiners learn the state without sleeps: a subscriber that connects (or reconnects)
-    sends its subscription, XPUB_VERBOSE hands every one of them to us, and we answer with the last
-    message of each matching topic. Other subscribers get a copy too and drop it by (boot, seq).
+    sends its subscription, XPUB_VERBOSE hands every one of them to us, and we answer with our last
+    message. Other subscribers get a copy too and drop it by (boot, seq). It also sends a heartbeat
+    every heartbeat_interval, which is never re-sent: it says "alive now", not what the state is.
     """
 
     def __init__(self, service: Service, spec: Publish, on_subscriber: Callable[[], None] | None = None) -> None:
@@ -307,7 +308,6 @@ class Publisher:
         return message
 
     def _heartbeat(self) -> None:
-        """'I am alive' on the heartbeat topic; not state, so never re-sent to newcomers."""
         send_frames(self.sock, encode(self._message(HEARTBEAT_TOPIC, {"for": self.topic})))
 
     def _message(self, topic: str, body: msgspec.Struct | dict[str, Any]) -> Message:
