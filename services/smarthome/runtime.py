@@ -71,6 +71,30 @@ class HealthFile:
                 os.remove(self.path)
 
 
+class ConnectionLog:
+    """Logs a connecting socket's monitor events: connected, lost, and the first failed retry of each endpoint."""
+
+    EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.retrying: set[str] = set()  # endpoints already reported as unreachable, so retries are logged once
+
+    def record(self, frames: list[bytes]) -> None:
+        # Decoded here: zmq.utils.monitor would pull in asyncio, +7 MiB RSS per service.
+        head, address = frames
+        event, _ = struct.unpack("=HI", head)
+        endpoint = address.decode()
+        if event == zmq.EVENT_CONNECTED:
+            self.retrying.discard(endpoint)
+            log.info("%s connected to %s", self.label, endpoint)
+        elif event == zmq.EVENT_DISCONNECTED:
+            log.info("%s lost %s, reconnecting", self.label, endpoint)
+        elif endpoint not in self.retrying:
+            self.retrying.add(endpoint)
+            log.info("%s cannot reach %s yet, retrying", self.label, endpoint)
+
+
 class Timer:
     def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
         self.deadline = deadline
@@ -179,24 +203,8 @@ class Service:
             sock.connect(endpoint)
 
     def _watch_connections(self, sock: zmq.Socket) -> None:
-        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
-        retrying: set[str] = set()  # endpoints already reported as unreachable, so retries are logged once
-
-        def on_event(frames: list[bytes]) -> None:
-            # Decoded here: zmq.utils.monitor would pull in asyncio, +7 MiB RSS per service.
-            head, address = frames
-            event, _ = struct.unpack("=HI", head)
-            endpoint = address.decode()
-            if event == zmq.EVENT_CONNECTED:
-                retrying.discard(endpoint)
-                log.info("%s connected to %s", self.label, endpoint)
-            elif event == zmq.EVENT_DISCONNECTED:
-                log.info("%s lost %s, reconnecting", self.label, endpoint)
-            elif endpoint not in retrying:
-                retrying.add(endpoint)
-                log.info("%s cannot reach %s yet, retrying", self.label, endpoint)
-
-        self.on_message(monitor, on_event)
+        monitor = sock.get_monitor_socket(ConnectionLog.EVENTS)
+        self.on_message(monitor, ConnectionLog(self.label).record)
 
     def publisher(self, spec: Publish, on_subscriber: Callable[[], None] | None = None) -> Publisher:
         return Publisher(self, spec, on_subscriber)

@@ -27,7 +27,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from smarthome.config import LOOPBACK_ENV, WebConfig
 from smarthome.envelope import HEARTBEAT_TOPIC, LightState, Message, encode
-from smarthome.runtime import Inbox, Service, subscriber
+from smarthome.runtime import ConnectionLog, Inbox, Service, subscriber
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -173,6 +173,11 @@ class Forwarder:
         log.info("%s browser %s switched the light %s", self.spec.name, browser.peer, state.state)
 
 
+async def log_connections(monitor: zmq.asyncio.Socket, connections: ConnectionLog) -> None:
+    while True:
+        connections.record(await monitor.recv_multipart())
+
+
 def as_json(message: Message) -> str:
     return json.dumps({k: getattr(message, k) for k in ("topic", "sender", "seq", "ts", "body")})
 
@@ -190,6 +195,7 @@ def make_app(service: Service, spec: WebConfig) -> web.Application:
         context = zmq.asyncio.Context()
         context.linger = 0
         sub = subscriber(context, spec.subscribe, service.config.max_message_bytes)
+        monitor = sub.get_monitor_socket(ConnectionLog.EVENTS)  # before connecting, so no event is missed
         for endpoint in spec.subscribe.connect:
             sub.connect(endpoint)
         forwarder.commands = context.socket(zmq.XPUB)  # XPUB: we see whether a light switch listens
@@ -198,6 +204,7 @@ def make_app(service: Service, spec: WebConfig) -> web.Application:
             asyncio.create_task(forwarder.receive(sub)),
             asyncio.create_task(forwarder.count_command_listeners(forwarder.commands)),
             asyncio.create_task(forwarder.watch_presence()),
+            asyncio.create_task(log_connections(monitor, ConnectionLog(spec.name))),
         ]
         service.health.touch()
         log.info("%s started on port %d", spec.name, spec.port)
