@@ -207,7 +207,6 @@ def make_app(service: Service, spec: WebConfig) -> web.Application:
             asyncio.create_task(log_connections(monitor, ConnectionLog(spec.name))),
         ]
         service.health.touch()
-        log.info("%s started on port %d", spec.name, spec.port)
         yield
         for task in tasks:
             task.cancel()
@@ -239,12 +238,12 @@ def make_app(service: Service, spec: WebConfig) -> web.Application:
 def main(service: Service, spec: WebConfig) -> int:
     """Serve until SIGTERM/SIGINT, then close browsers with 'going away' and exit 0."""
     host = "127.0.0.1" if os.environ.get(LOOPBACK_ENV) == "1" else "0.0.0.0"  # local mode stays on loopback
-    asyncio.run(serve(make_app(service, spec), host, spec.port))
+    asyncio.run(serve(make_app(service, spec), host, spec.port, spec.name))
     log.info("%s stopped", spec.name)
     return 0
 
 
-async def serve(app: web.Application, host: str, port: int) -> None:
+async def serve(app: web.Application, host: str, port: int, label: str) -> None:
     # Our own signal handling rather than run_app's: a second signal (Ctrl-C reaches a whole process group,
     # and `smarthome local` forwards SIGTERM too) must not interrupt a shutdown already under way.
     stop = asyncio.Event()
@@ -253,5 +252,6 @@ async def serve(app: web.Application, host: str, port: int) -> None:
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
+    log.info("%s started on port %d", label, port)  # only now: a client may connect as soon as it reads this
     await stop.wait()
     await runner.cleanup()
