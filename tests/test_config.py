@@ -24,6 +24,14 @@ def test_shipped_config_loads() -> None:
     assert config.publisher_of("toast") == ("toaster", toaster)
 
 
+def test_the_mirror_needs_no_publisher(tmp_path: Path) -> None:
+    path = tmp_path / "quiet-mirror.yml"
+    path.write_text(SHIPPED_CONFIG.read_text().replace('    publish: { topic: mirror, bind: "tcp://*:5561" }\n', ""))
+    config = load_config(path)
+    assert config.services["smart-mirror"].publish is None
+    assert "smart-mirror" not in config.publishers()
+
+
 def test_loopback_mode_moves_every_endpoint_to_127_0_0_1(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SMARTHOME_LOOPBACK", "1")
     config = load_config(SHIPPED_CONFIG)

@@ -25,12 +25,8 @@ class UsageError(Exception):
 def subscribe_endpoints(config: Config, topics: list[str]) -> list[str]:
     if config.broker:
         return [to_loopback(config.broker.subscribers)]
-    endpoints = [
-        s.publish.bind
-        for s in config.services.values()
-        if hasattr(s, "publish") and s.publish.bind and (not topics or s.publish.topic in topics)
-    ]
-    return [to_loopback(e) for e in endpoints]
+    publishers = config.publishers().values()
+    return [to_loopback(p.bind) for p in publishers if p.bind and (not topics or p.topic in topics)]
 
 
 def publish_endpoint(config: Config, topic: str) -> str:

@@ -101,13 +101,14 @@ class Config(msgspec.Struct, frozen=True):
     heartbeat_interval: float
     services: dict[str, ServiceConfig]
 
+    def publishers(self) -> dict[str, Publish]:
+        """Service name -> its publisher socket, for every service that has one."""
+        return {name: p for name, s in self.services.items() if (p := getattr(s, "publish", None)) is not None}
+
     def publisher_of(self, topic: str) -> tuple[str, ServiceConfig] | None:
         """The (first) service that publishes `topic`, or None."""
-        for name, service in self.services.items():
-            publish = getattr(service, "publish", None)
-            if publish is not None and publish.topic == topic:
-                return name, service
-        return None
+        name = next((name for name, p in self.publishers().items() if p.topic == topic), None)
+        return (name, self.services[name]) if name else None
 
     @property
     def broker(self) -> BrokerConfig | None:
@@ -154,7 +155,7 @@ def _convert(path: str, key: str, raw: Any, schema: Any) -> Any:
 
 
 def _check_wiring(config: Config) -> None:
-    published = {s.publish.topic for s in config.services.values() if hasattr(s, "publish")}
+    published = {p.topic for p in config.publishers().values()}
     for name, service in config.services.items():
         for key, endpoint, connecting in _endpoints(service, f"services.{name}"):
             _check_endpoint(config.path, key, endpoint, connecting)
