@@ -8,6 +8,10 @@ engine skips this module; with CI=true it fails, so CI can never pass without ru
 
 from __future__ import annotations
 
+import asyncio
+import json
+
+import aiohttp
 import pytest
 from support import ALL_READY, BROKER_CONFIG, Stack, smarthome, wait_until
 
@@ -61,6 +65,7 @@ def test_any_start_order_converges(stack: Stack, order: list[str]) -> None:
 
 
 BROKER_FILES = ("docker-compose.yml", "docker-compose.broker.yml")
+DASHBOARD = "http://127.0.0.1:8080"
 
 
 def mirror_view(stack: Stack) -> dict[str, str]:
@@ -74,9 +79,20 @@ def mirror_shows(stack: Stack, state: str, toasters: int) -> bool:
     return sum(label.startswith("toast@") for label in view) == toasters and set(view.values()) == {state}
 
 
+async def dashboard_senders(topic: str, count: int) -> set[str]:
+    """The senders of `topic` a browser hears from the forwarder on 127.0.0.1:8080, once there are `count`."""
+    senders: set[str] = set()
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{DASHBOARD}/ws?topics={topic}") as ws:
+        while len(senders) < count:
+            event = json.loads((await asyncio.wait_for(ws.receive(), 60)).data)
+            if event["topic"] == topic:
+                senders.add(event["sender"])
+    return senders
+
+
 @pytest.mark.parametrize("stack", [BROKER_FILES], indirect=True)
 def test_broker_wiring_is_n_to_n_scales_serves_late_joiners_and_survives_a_broker_restart(stack: Stack) -> None:
-    early = ["broker", "light-switch", "kitchen-light", "coffee-maker", "toaster", "smart-mirror"]
+    early = ["broker", "light-switch", "kitchen-light", "coffee-maker", "toaster", "smart-mirror", "web"]
     stack.compose("up", "--detach", "--wait", "--wait-timeout", "60", "--scale", "toaster=3", *early)
     toasters = stack.containers("toaster")
     assert len(toasters) == 3
@@ -90,6 +106,9 @@ def test_broker_wiring_is_n_to_n_scales_serves_late_joiners_and_survives_a_broke
     wait_until(
         lambda: mirror_shows(stack, "ready", toasters=3), "the mirror to show 3 toasters ready", 60, stack.all_logs
     )
+
+    senders = asyncio.run(dashboard_senders("toast", count=3))  # the forwarder, through the broker
+    assert len(senders) == 3
 
     stack.compose("up", "--detach", "--wait", "--no-deps", "radio")  # a late joiner
     stack.wait_for("radio", "RADIO heard 'light is ON' from light-switch@")
