@@ -85,7 +85,7 @@ class Feed:
             await self.sock.send_multipart(encode(message))
             ahead = started + (i + 1) / rate - time.perf_counter()
             if ahead > 0:
-                await asyncio.sleep(ahead)  # pacing the publisher
+                await asyncio.sleep(ahead)  # ok: pacing the benchmark publisher, not synchronisation
         return total
 
 
