@@ -27,6 +27,13 @@ COMPOSE_TIMEOUT = 300  # seconds for one compose command (a first build installs
 ALL_READY = "MIRROR coffee=ready toast=ready"
 
 
+def unavailable(message: str) -> None:
+    """A missing prerequisite: fails the test with CI=true, where every tier must run; skips elsewhere."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE, describe=lambda: "") -> Any:
     """Poll `condition` until it returns something truthy; fail with `what` (and `describe()`) at the deadline."""
     deadline = time.monotonic() + timeout

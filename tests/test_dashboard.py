@@ -6,14 +6,13 @@ Needs Debian's chromium (`/usr/bin/chromium`, installed by .ci/test) and the pla
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from support import ALL_READY, ROOT, Stack
+from support import ALL_READY, ROOT, Stack, unavailable
 
 pytestmark = pytest.mark.docker
 
@@ -34,10 +33,7 @@ WAIT_MS = 30_000
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not shutil.which(CHROMIUM):
-        message = f"no {CHROMIUM} (install Debian's chromium; .ci/test does)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"no {CHROMIUM} (install Debian's chromium; .ci/test does)")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
