@@ -54,8 +54,8 @@ def send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
 class HealthFile:
     """A file the live loop touches; the compose healthcheck fails when it gets old. No path: a no-op."""
 
-    def __init__(self, path: str | None = None) -> None:
-        self.path = path or os.environ.get(HEALTH_FILE_ENV)
+    def __init__(self) -> None:
+        self.path = os.environ.get(HEALTH_FILE_ENV)
         self._touched = 0.0
 
     def touch(self) -> None:
@@ -96,8 +96,7 @@ class ConnectionLog:
 
 
 class Timer:
-    def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
-        self.deadline = deadline
+    def __init__(self, callback: Callable[[], None]) -> None:
         self.callback = callback
         self.cancelled = False
 
@@ -230,8 +229,8 @@ class Service:
     # --- timers ------------------------------------------------------------------------------------
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(time.monotonic() + delay, callback)
-        heapq.heappush(self._timers, (timer.deadline, next(self._timer_ids), timer))
+        timer = Timer(callback)
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_ids), timer))
         return timer
 
     def every(self, period: float, callback: Callable[[], None]) -> None:
