@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from smarthome.envelope import Message, encode
+from smarthome.core.envelope import Message, encode
 from support import BROKER_CONFIG, ServiceProcess, endpoint, loopback_config, smarthome, wait_until
 
 Start = Callable[..., ServiceProcess]

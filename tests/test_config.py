@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from smarthome.config import ApplianceConfig, ConfigError, load_config
+from smarthome.core.config import ApplianceConfig, ConfigError, load_config
 from support import BROKER_CONFIG, SHIPPED_CONFIG, smarthome
 
 

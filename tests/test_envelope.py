@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from smarthome.envelope import EnvelopeError, Message, decode, encode
+from smarthome.core.envelope import EnvelopeError, Message, decode, encode
 
 
 def test_round_trip() -> None:

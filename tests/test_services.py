@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from smarthome.envelope import Message, encode
+from smarthome.core.envelope import Message, encode
 from support import ServiceProcess, endpoint, loopback_config, wait_until
 
 Start = Callable[[str, Path], ServiceProcess]

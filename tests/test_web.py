@@ -19,10 +19,10 @@ import pytest
 import zmq
 import zmq.asyncio
 from aiohttp import WSMsgType
-from smarthome.config import load_config
-from smarthome.envelope import Message, encode
-from smarthome.runtime import Service
-from smarthome.web import FORWARDER, make_app
+from smarthome.core.config import load_config
+from smarthome.core.envelope import Message, encode
+from smarthome.core.runtime import Service
+from smarthome.web.forwarder import FORWARDER, make_app
 from support import endpoint, free_port, loopback_config
 
 DEADLINE = 15.0

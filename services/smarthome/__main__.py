@@ -16,21 +16,21 @@ from typing import NoReturn
 
 import zmq
 
-from smarthome import cli, local
-from smarthome.config import ConfigError, load_config
-from smarthome.runtime import Service, setup_logging
+from smarthome.core.config import ConfigError, load_config
+from smarthome.core.runtime import Service, setup_logging
+from smarthome.tools import cli, local
 
 # role -> the module whose main(service, spec) is its entrypoint, imported only when that role runs
 # (the web forwarder's aiohttp would otherwise add ~18 MiB to every appliance). main() sets up sockets on
 # the service's poller loop, which then runs; one that runs a loop of its own (the web forwarder: asyncio)
 # returns its exit code instead.
 ENTRYPOINTS = {
-    "light-switch": "smarthome.light_switch",
-    "appliance": "smarthome.appliance",
-    "mirror": "smarthome.mirror",
-    "radio": "smarthome.radio",
-    "broker": "smarthome.broker",
-    "web": "smarthome.web",
+    "light-switch": "smarthome.roles.light_switch",
+    "appliance": "smarthome.roles.appliance",
+    "mirror": "smarthome.roles.mirror",
+    "radio": "smarthome.roles.radio",
+    "broker": "smarthome.roles.broker",
+    "web": "smarthome.web.forwarder",
 }
 
 

@@ -30,10 +30,10 @@ import zmq
 # The repo's services/ when run from a checkout (in the image they are on PYTHONPATH already).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "services"))
 
-from smarthome import broker
-from smarthome.config import BrokerConfig, Config, Publish, Subscribe
-from smarthome.envelope import Message
-from smarthome.runtime import Service
+from smarthome.core.config import BrokerConfig, Config, Publish, Subscribe
+from smarthome.core.envelope import Message
+from smarthome.core.runtime import Service
+from smarthome.roles import broker
 
 TOPIC = "bench"
 PORTS = {"pub": 5701, "broker-in": 5702, "broker-out": 5703}

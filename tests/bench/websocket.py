@@ -31,7 +31,7 @@ import zmq.asyncio
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "services"))
 
-from smarthome.envelope import Message, encode  # noqa: E402
+from smarthome.core.envelope import Message, encode  # noqa: E402
 
 LATENCY_RATE = 200  # msg/s
 LATENCY_SECONDS = 5

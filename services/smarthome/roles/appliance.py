@@ -6,9 +6,9 @@ Light OFF: stop preparing, go idle and publish {"status": false}. Which applianc
 
 import logging
 
-from smarthome.config import ApplianceConfig
-from smarthome.envelope import ApplianceStatus, LightState, Message
-from smarthome.runtime import Service, Timer
+from smarthome.core.config import ApplianceConfig
+from smarthome.core.envelope import ApplianceStatus, LightState, Message
+from smarthome.core.runtime import Service, Timer
 
 log = logging.getLogger(__name__)
 

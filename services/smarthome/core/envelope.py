@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from smarthome.schema import explain
+from smarthome.core.schema import explain
 
 HEARTBEAT_TOPIC = "heartbeat"  # every publisher's 'I am alive', once per heartbeat_interval
 

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 
-from smarthome.config import CONFIG_ENV, LOOPBACK_ENV, load_config
+from smarthome.core.config import CONFIG_ENV, LOOPBACK_ENV, load_config
 
 STOP_GRACE = 5.0  # seconds each service gets to exit after SIGTERM
 

@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 import msgspec
 import zmq
 
-from smarthome.config import Config, Publish, ServiceConfig, Subscribe
-from smarthome.envelope import HEARTBEAT_TOPIC, EnvelopeError, Message, decode, encode
-from smarthome.schema import explain
+from smarthome.core.config import Config, Publish, ServiceConfig, Subscribe
+from smarthome.core.envelope import HEARTBEAT_TOPIC, EnvelopeError, Message, decode, encode
+from smarthome.core.schema import explain
 
 HEALTH_FILE_ENV = "SMARTHOME_HEALTH_FILE"  # touched by a live loop; the compose healthcheck reads its age
 HEALTH_TOUCH_EVERY = 0.5  # seconds

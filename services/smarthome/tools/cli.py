@@ -11,9 +11,9 @@ import json
 import logging
 import sys
 
-from smarthome.config import Config, LightSwitchConfig, Publish, Subscribe, to_loopback
-from smarthome.envelope import LightState, Message
-from smarthome.runtime import Service
+from smarthome.core.config import Config, LightSwitchConfig, Publish, Subscribe, to_loopback
+from smarthome.core.envelope import LightState, Message
+from smarthome.core.runtime import Service
 
 SEND_LINGER_MS = 2000  # how long `pub` may take to flush its one message after a subscriber is there
 

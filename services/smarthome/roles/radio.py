@@ -2,9 +2,9 @@
 
 import logging
 
-from smarthome.config import RadioConfig
-from smarthome.envelope import LightState, Message
-from smarthome.runtime import Service
+from smarthome.core.config import RadioConfig
+from smarthome.core.envelope import LightState, Message
+from smarthome.core.runtime import Service
 
 log = logging.getLogger(__name__)
 

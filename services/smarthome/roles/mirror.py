@@ -6,9 +6,9 @@ It also publishes its view (if configured), so the dashboard can show what the m
 import json
 import logging
 
-from smarthome.config import MirrorConfig
-from smarthome.envelope import ApplianceStatus, Message, MirrorView
-from smarthome.runtime import Service
+from smarthome.core.config import MirrorConfig
+from smarthome.core.envelope import ApplianceStatus, Message, MirrorView
+from smarthome.core.runtime import Service
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ import zmq
 import zmq.asyncio
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from smarthome.config import LOOPBACK_ENV, WebConfig
-from smarthome.envelope import HEARTBEAT_TOPIC, LightState, Message, encode
-from smarthome.runtime import ConnectionLog, Inbox, Service, subscriber
+from smarthome.core.config import LOOPBACK_ENV, WebConfig
+from smarthome.core.envelope import HEARTBEAT_TOPIC, LightState, Message, encode
+from smarthome.core.runtime import ConnectionLog, Inbox, Service, subscriber
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"

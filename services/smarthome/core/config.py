@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import msgspec
 import yaml
 
-from smarthome.schema import explain
+from smarthome.core.schema import explain
 
 CONFIG_ENV = "SMARTHOME_CONFIG"
 LOOPBACK_ENV = "SMARTHOME_LOOPBACK"  # "1": run every endpoint on 127.0.0.1 (local no-Docker mode)

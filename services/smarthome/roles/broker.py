@@ -9,9 +9,9 @@ import logging
 
 import zmq
 
-from smarthome.config import BrokerConfig
-from smarthome.envelope import HEARTBEAT_TOPIC
-from smarthome.runtime import Service, send_frames
+from smarthome.core.config import BrokerConfig
+from smarthome.core.envelope import HEARTBEAT_TOPIC
+from smarthome.core.runtime import Service, send_frames
 
 log = logging.getLogger(__name__)
 LAST_VALUES_MAX = 10_000  # topics remembered; the oldest is forgotten first

@@ -6,9 +6,9 @@ on command: `smarthome light on|off` or the dashboard publish a LightState on it
 
 import logging
 
-from smarthome.config import LightSwitchConfig
-from smarthome.envelope import LightState, Message
-from smarthome.runtime import Service
+from smarthome.core.config import LightSwitchConfig
+from smarthome.core.envelope import LightState, Message
+from smarthome.core.runtime import Service
 
 log = logging.getLogger(__name__)
 
