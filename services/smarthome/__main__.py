@@ -17,7 +17,8 @@ from typing import NoReturn
 import zmq
 
 from smarthome.core.config import ConfigError, load_config
-from smarthome.core.runtime import Service, setup_logging
+from smarthome.core.logs import setup_logging
+from smarthome.core.runtime import Service
 from smarthome.tools import cli, local
 
 # role -> the module whose main(service, spec) is its entrypoint, imported only when that role runs

@@ -35,15 +35,6 @@ _MORE = int(zmq.SNDMORE)
 log = logging.getLogger("smarthome")
 
 
-def setup_logging() -> None:
-    """One line per event on stdout, which `docker compose logs SERVICE` shows."""
-    logging.basicConfig(
-        level=os.environ.get("SMARTHOME_LOG_LEVEL", "INFO"),
-        format="%(asctime)s.%(msecs)03d %(levelname)-7s %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-    )
-
-
 def send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
     """Send one multipart message: send_multipart's per-call checks cost 3x the sends themselves (benchmark)."""
     for frame in frames[:-1]:
