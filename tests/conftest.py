@@ -18,8 +18,8 @@ def run_service() -> Iterator[Callable[..., ServiceProcess]]:
     """
     started: list[ServiceProcess] = []
 
-    def start(name: str, config: Path, *command: str) -> ServiceProcess:
-        started.append(ServiceProcess(name, config, *command))
+    def start(name: str, config: Path, *command: str, env: dict[str, str] | None = None) -> ServiceProcess:
+        started.append(ServiceProcess(name, config, *command, env=env))
         return started[-1]
 
     yield start

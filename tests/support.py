@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -25,6 +26,7 @@ BROKER_CONFIG = ROOT / "config" / "smarthome.broker.yml"
 DEADLINE = 15.0  # seconds any awaited condition may take before a test fails
 COMPOSE_TIMEOUT = 300  # seconds for one compose command (a first build installs dependencies)
 ALL_READY = "MIRROR coffee=ready toast=ready"
+ALL_IDLE = "MIRROR coffee=idle toast=idle"
 
 
 def unavailable(message: str) -> None:
@@ -46,6 +48,18 @@ def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLIN
         time.sleep(0.05)  # ok: the pause between polls of a deadline loop
 
 
+async def wait_until_async(
+    condition: Callable[[], Any], what: str, timeout: float = DEADLINE, describe=lambda: ""
+) -> Any:
+    """wait_until for async tests: the event loop keeps running between polls."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{describe()}")
+        await asyncio.sleep(0.02)  # ok: the pause between polls of a deadline loop
+    return result
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,11 +69,28 @@ def free_port() -> int:
 def loopback_config(tmp_path: Path, source: Path = SHIPPED_CONFIG, **changes: Any) -> Path:
     """A shipped config with every port moved to a free one (so tests never collide) and `changes` applied.
 
+    Ports are endpoint ports and `port` keys; a shipped port moves to the same free port wherever it appears.
     `changes` maps a dotted key path to a new value, e.g. {"services.toaster.prep_time": 0}.
     """
-    ports: dict[str, int] = {}  # shipped port -> free port, the same one wherever a port appears
-    text = re.sub(r":(\d{4,5})\b", lambda m: f":{ports.setdefault(m[1], free_port())}", source.read_text())
-    config = yaml.safe_load(text)
+    ports: dict[int, int] = {}
+
+    def move(port: int) -> int:
+        return ports.setdefault(port, free_port())
+
+    def moved(node: Any, key: str = "") -> Any:
+        if isinstance(node, dict):
+            return {k: moved(v, k) for k, v in node.items()}
+        if isinstance(node, list):
+            return [moved(v) for v in node]
+        if isinstance(node, str):
+            return re.sub(
+                r"^(tcp://[^:]+):(\d+)$", lambda m: f"{m[1]}:{ports.setdefault(int(m[2]), free_port())}", node
+            )
+        if key == "port" and isinstance(node, int):
+            return move(node)
+        return node
+
+    config = moved(yaml.safe_load(source.read_text()))
     for dotted, value in changes.items():
         *parents, last = dotted.split(".")
         node = config
@@ -96,14 +127,43 @@ def smarthome(config: Path, *args: str, timeout: float = 30) -> subprocess.Compl
     return subprocess.run(command, env=smarthome_env(config), capture_output=True, text=True, timeout=timeout)
 
 
-class ServiceProcess:
+class LogReader:
+    """Reads one service's log lines, wherever it runs: a local process or the containers of a compose service."""
+
+    name: str
+    deadline = DEADLINE
+
+    def log_lines(self) -> list[str]:
+        raise NotImplementedError
+
+    def output(self) -> str:
+        return "\n".join(f"{self.name} | {line}" for line in self.log_lines())
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in self.log_lines())
+
+    def last(self, prefix: str) -> str:
+        """The message of the latest log line whose message (after time and level) starts with `prefix`."""
+        messages = [re.split(r"\s+", line, maxsplit=2)[-1] for line in self.log_lines()]
+        return next((m for m in reversed(messages) if m.startswith(prefix)), "")
+
+    def wait_for(self, text: str, times: int = 1, timeout: float | None = None) -> None:
+        wait_until(
+            lambda: self.count(text) >= times,
+            f"{self.name} to log {text!r} x{times}",
+            timeout or self.deadline,
+            self.output,
+        )
+
+
+class ServiceProcess(LogReader):
     """One service run as `python -m smarthome run NAME` on loopback, its output collected line by line."""
 
-    def __init__(self, name: str, config: Path, *command: str) -> None:
+    def __init__(self, name: str, config: Path, *command: str, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "smarthome", *(command or ("run", name))],
-            env=smarthome_env(config),
+            env={**smarthome_env(config), **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -116,19 +176,8 @@ class ServiceProcess:
         for line in self.proc.stdout:
             self.lines.append(line.rstrip("\n"))
 
-    def count(self, text: str) -> int:
-        return sum(text in line for line in list(self.lines))
-
-    def last(self, prefix: str) -> str:
-        """The message of the latest log line whose message starts with `prefix`."""
-        messages = [re.split(r"\s+", line, maxsplit=2)[-1] for line in list(self.lines)]
-        return next((m for m in reversed(messages) if m.startswith(prefix)), "")
-
-    def wait_for(self, text: str, times: int = 1, timeout: float = DEADLINE) -> None:
-        wait_until(lambda: self.count(text) >= times, f"{self.name} to log {text!r} x{times}", timeout, self.output)
-
-    def output(self) -> str:
-        return "\n".join(f"{self.name} | {line}" for line in self.lines)
+    def log_lines(self) -> list[str]:
+        return list(self.lines)
 
     def wait_exit(self, timeout: float = DEADLINE) -> int:
         """The exit code of a process that ends by itself."""
@@ -169,18 +218,8 @@ class Stack:
             labels.append(f"com.docker.compose.service={service}")
         return self.engine.containers.list(all=True, filters={"label": labels})
 
-    def log_lines(self, service: str) -> list[str]:
-        return [line for c in self.containers(service) for line in c.logs().decode().splitlines()]
-
-    def count(self, service: str, text: str) -> int:
-        return sum(text in line for line in self.log_lines(service))
-
-    def last(self, service: str, prefix: str) -> str:
-        messages = [line.split(maxsplit=2)[-1] for line in self.log_lines(service)]
-        return next((m for m in reversed(messages) if m.startswith(prefix)), "")
-
-    def wait_for(self, service: str, text: str, times: int = 1) -> None:
-        wait_until(lambda: self.count(service, text) >= times, f"{service} to log {text!r} x{times}", 60, self.all_logs)
+    def logs(self, service: str) -> ServiceLogs:
+        return ServiceLogs(self, service)
 
     def all_logs(self) -> str:
         return "\n".join(
@@ -198,4 +237,20 @@ class Stack:
             name = container.labels["com.docker.compose.service"]
             assert state["ExitCode"] == 0, f"{name} exited {state['ExitCode']} (137 = SIGKILLed)\n{self.all_logs()}"
             assert not state["OOMKilled"]
-            assert self.log_lines(name)[-1].endswith("stopped")
+            assert self.logs(name).log_lines()[-1].endswith("stopped")
+
+
+class ServiceLogs(LogReader):
+    """The log lines of every container of one compose service."""
+
+    deadline = 60.0  # containers start slower than local processes
+
+    def __init__(self, stack: Stack, service: str) -> None:
+        self.stack = stack
+        self.name = service
+
+    def log_lines(self) -> list[str]:
+        return [line for c in self.stack.containers(self.name) for line in c.logs().decode().splitlines()]
+
+    def output(self) -> str:
+        return self.stack.all_logs()

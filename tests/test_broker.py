@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
+import yaml
 import zmq
 from smarthome.core.envelope import Message, encode
-from support import BROKER_CONFIG, ServiceProcess, endpoint, loopback_config, smarthome, wait_until
+from support import (
+    ALL_IDLE,
+    ALL_READY,
+    BROKER_CONFIG,
+    DEADLINE,
+    ServiceProcess,
+    endpoint,
+    loopback_config,
+    smarthome,
+    wait_until,
+    wait_until_async,
+)
 
 Start = Callable[..., ServiceProcess]
 ROUTINE = ["broker", "light-switch", "kitchen-light", "coffee-maker", "toaster", "smart-mirror", "radio"]
-ALL_READY = "MIRROR coffee=ready toast=ready"
-ALL_IDLE = "MIRROR coffee=idle toast=idle"
 
 
 @pytest.fixture
@@ -159,3 +171,34 @@ def test_pub_in_direct_wiring_says_where_it_cannot_publish(tmp_path: Path) -> No
     assert result.stderr.strip() == (
         "smarthome: in this wiring nothing accepts messages on 'coffee' from outside; use the broker wiring"
     )
+
+
+async def test_the_dashboard_knows_when_no_light_switch_listens_through_the_broker(
+    config: Path, run_service: Start
+) -> None:
+    # The broker forwards every subscription upstream, catch-alls too (the web's own, a `smarthome sub`):
+    # none of them is a light switch, so a command must be refused rather than published into the void.
+    broker, web = run_service("broker", config), run_service("web", config)
+    web.wait_for("WEB started")
+    broker.wait_for("subscribe all topics")
+    url = f"http://127.0.0.1:{yaml.safe_load(config.read_text())['services']['web']['port']}/ws"
+
+    async def command_reply(ws: aiohttp.ClientWebSocketResponse) -> dict:
+        """Send OFF; the reply is an error event, or (with a switch listening) the light going OFF."""
+        await ws.send_str('{"command": "light", "state": "OFF"}')
+        while True:
+            event = json.loads((await asyncio.wait_for(ws.receive(), DEADLINE)).data)
+            if event["topic"] == "error" or (event["topic"], event["body"]) == ("light", {"state": "OFF"}):
+                return event
+
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        assert (await command_reply(ws))["body"] == {"error": "no light switch is listening"}
+        switch = run_service("light-switch", config)
+        subscribed = "BROKER subscribe 'light-set'"
+        await wait_until_async(lambda: broker.count(subscribed), "the switch to subscribe", describe=broker.output)
+        assert (await command_reply(ws))["topic"] == "light"
+        await wait_until_async(lambda: switch.count("switched OFF by web@"), "the switch's log", describe=switch.output)
+        assert switch.stop() == 0
+        left = "BROKER unsubscribe 'light-set'"
+        await wait_until_async(lambda: broker.count(left), "the switch to leave", describe=broker.output)
+        assert (await command_reply(ws))["body"] == {"error": "no light switch is listening"}

@@ -65,7 +65,12 @@ BROKEN = {
         "services.smart-mirror.subscribe.topics[1]",
         "topic 'toats' is published by no service",
     ),
-    "top-level type": ("poll_timeout_ms: 100", "poll_timeout_ms: fast", "poll_timeout_ms", "expected 'int', got 'str'"),
+    "top-level type": (
+        "max_message_bytes: 65536",
+        "max_message_bytes: big",
+        "max_message_bytes",
+        "expected 'int', got 'str'",
+    ),
     "not YAML": ("services:", "services: [", "line", "not valid YAML"),
 }
 

@@ -1,11 +1,14 @@
 """The dashboard in a real headless Chromium against the running compose stack (Docker tier).
 
 Needs Debian's chromium (`/usr/bin/chromium`, installed by .ci/test) and the playwright wheel; never
-`playwright install`. Saves screenshots to tests/screenshots/ (the README shows them).
+`playwright install`. Saves screenshots to tests/out/screenshots/ (ignored by git). The README's copies in
+tests/screenshots/ are refreshed on purpose:
+    SMARTHOME_SCREENSHOTS=tests/screenshots bash .ci/test tests/test_dashboard.py
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +28,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = ROOT / "tests" / "screenshots"
+SCREENSHOTS = ROOT / os.environ.get("SMARTHOME_SCREENSHOTS", "tests/out/screenshots")
 URL = "http://127.0.0.1:8080/"
 WAIT_MS = 30_000
 
@@ -45,7 +48,7 @@ def card(page: Page, topic: str) -> object:
 
 
 def shot(page: Page, name: str) -> Path:
-    SCREENSHOTS.mkdir(exist_ok=True)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / name
     page.screenshot(path=str(path), full_page=True)
     return path
@@ -55,7 +58,7 @@ def test_the_dashboard_shows_the_routine_switches_the_light_and_sees_an_applianc
     stack: Stack, browser: Browser
 ) -> None:
     stack.compose("up", "--detach", "--wait", "--wait-timeout", "60")
-    stack.wait_for("smart-mirror", ALL_READY)
+    stack.logs("smart-mirror").wait_for(ALL_READY)
     page = browser.new_page(viewport={"width": 1280, "height": 720})
     page.goto(URL)
     expect(page.locator("#connection")).to_have_text("live", timeout=WAIT_MS)
@@ -69,7 +72,7 @@ def test_the_dashboard_shows_the_routine_switches_the_light_and_sees_an_applianc
     expect(card(page, "coffee")).to_have_attribute("data-state", "idle", timeout=WAIT_MS)
     expect(card(page, "toast")).to_have_attribute("data-state", "idle", timeout=WAIT_MS)
     expect(card(page, "mirror")).to_have_attribute("data-state", "coffee idle, toast idle", timeout=WAIT_MS)
-    stack.wait_for("light-switch", "LIGHT SWITCH switched OFF by web@")
+    stack.logs("light-switch").wait_for("LIGHT SWITCH switched OFF by web@")
 
     page.get_by_role("button", name="Switch light ON").click()
     expect(card(page, "mirror")).to_have_attribute("data-state", "coffee ready, toast ready", timeout=WAIT_MS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import yaml
-from support import ROOT
+from support import BROKER_CONFIG, ROOT, SHIPPED_CONFIG, loopback_config
 
 
 def readme_commands() -> list[str]:
@@ -35,3 +35,30 @@ def test_ports_are_published_on_loopback_only() -> None:
         for name, service in yaml.load(path.read_text(), ComposeLoader)["services"].items():
             for port in service.get("ports", []):
                 assert str(port).startswith("127.0.0.1:"), f"{path.name}: {name} publishes {port} beyond loopback"
+
+
+def test_test_configs_move_every_port(tmp_path) -> None:
+    for source in (SHIPPED_CONFIG, BROKER_CONFIG):
+        shipped, moved = ports_in(source), ports_in(loopback_config(tmp_path, source))
+        assert shipped and len(moved) == len(shipped)
+        assert not shipped & moved, f"{source.name}: ports not moved: {shipped & moved}"
+
+
+def ports_in(config) -> set[int]:
+    """Every endpoint port and `port` key in a config file."""
+    found: set[int] = set()
+
+    def walk(node, key: str = "") -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, k)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+        elif isinstance(node, str) and (match := re.match(r"^tcp://[^:]+:(\d+)$", node)):
+            found.add(int(match[1]))
+        elif key == "port":
+            found.add(node)
+
+    walk(yaml.safe_load(config.read_text()))
+    return found

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 import zmq
 from smarthome.core.envelope import Message, encode
-from support import ServiceProcess, endpoint, loopback_config, wait_until
+from support import ALL_READY, BROKER_CONFIG, SHIPPED_CONFIG, ServiceProcess, endpoint, loopback_config, wait_until
 
 Start = Callable[[str, Path], ServiceProcess]
-ALL_READY = "MIRROR coffee=ready toast=ready"
 ORDERS = {
     "publishers first": ["light-switch", "coffee-maker", "toaster", "smart-mirror"],
     "subscribers first": ["smart-mirror", "toaster", "coffee-maker", "light-switch"],
@@ -181,3 +181,18 @@ def test_a_subscriber_joining_late_gets_the_current_state_without_any_new_publis
         assert switch.count("published") == 1  # a re-send of the state, not a new publish
     finally:
         context.destroy(linger=0)
+
+
+@pytest.mark.parametrize("source", [SHIPPED_CONFIG, BROKER_CONFIG], ids=["direct", "broker"])
+def test_every_loop_touches_its_health_file_whatever_the_heartbeat_interval(
+    tmp_path: Path, run_service: Start, source: Path
+) -> None:
+    # Heartbeats far apart: health must not hang on them (the compose healthcheck allows 2 s).
+    config = loopback_config(tmp_path, source, heartbeat_interval=30)
+    for name in yaml.safe_load(config.read_text())["services"]:
+        health = tmp_path / f"{name}.healthy"
+        service = run_service(name, config, env={"SMARTHOME_HEALTH_FILE": str(health)})
+        first = wait_until(lambda h=health: h.exists() and h.stat().st_mtime_ns, f"{name} to touch its health file")
+        wait_until(lambda h=health, f=first: h.stat().st_mtime_ns > f, f"{name} to touch it again", 5, service.output)
+        assert service.stop() == 0
+        assert not health.exists()  # a stopped service is not healthy

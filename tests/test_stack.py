@@ -21,12 +21,12 @@ SERVICES = ["light-switch", "coffee-maker", "toaster", "smart-mirror", "web"]
 
 
 def wait_for_the_morning_routine(stack: Stack) -> None:
-    stack.wait_for("light-switch", "LIGHT SWITCH published 'light is ON' (seq 1)")
-    stack.wait_for("coffee-maker", "COFFEE MAKER received 'light is ON' from light.")
-    stack.wait_for("toaster", "TOASTER received 'light is ON' from light.")
-    stack.wait_for("smart-mirror", 'Topic: COFFEE MAKER => {"status": true}')
-    stack.wait_for("smart-mirror", 'Topic: TOASTER => {"status": true}')
-    stack.wait_for("smart-mirror", ALL_READY)
+    stack.logs("light-switch").wait_for("LIGHT SWITCH published 'light is ON' (seq 1)")
+    stack.logs("coffee-maker").wait_for("COFFEE MAKER received 'light is ON' from light.")
+    stack.logs("toaster").wait_for("TOASTER received 'light is ON' from light.")
+    stack.logs("smart-mirror").wait_for('Topic: COFFEE MAKER => {"status": true}')
+    stack.logs("smart-mirror").wait_for('Topic: TOASTER => {"status": true}')
+    stack.logs("smart-mirror").wait_for(ALL_READY)
 
 
 def test_the_stack_runs_the_routine_survives_restarts_and_stops_cleanly(stack: Stack) -> None:
@@ -36,15 +36,15 @@ def test_the_stack_runs_the_routine_survives_restarts_and_stops_cleanly(stack: S
         assert container.attrs["State"]["Health"]["Status"] == "healthy"
     wait_for_the_morning_routine(stack)
 
-    received = stack.count("coffee-maker", "received 'light is ON'")
+    received = stack.logs("coffee-maker").count("received 'light is ON'")
     stack.compose("restart", "light-switch")
-    stack.wait_for("coffee-maker", "received 'light is ON' from light.", times=received + 1)
+    stack.logs("coffee-maker").wait_for("received 'light is ON' from light.", times=received + 1)
 
     toast_ready = 'Topic: TOASTER => {"status": true}'
-    ready_before = stack.count("smart-mirror", toast_ready)
+    ready_before = stack.logs("smart-mirror").count(toast_ready)
     stack.compose("restart", "toaster")
-    stack.wait_for("smart-mirror", toast_ready, times=ready_before + 1)
-    wait_until(lambda: stack.last("smart-mirror", "MIRROR coffee=") == ALL_READY, "all ready", 60, stack.all_logs)
+    stack.logs("smart-mirror").wait_for(toast_ready, times=ready_before + 1)
+    wait_until(lambda: stack.logs("smart-mirror").last("MIRROR coffee=") == ALL_READY, "all ready", 60, stack.all_logs)
 
     stack.stop_and_check_exit_codes()
 
@@ -70,7 +70,7 @@ DASHBOARD = "http://127.0.0.1:8080"
 
 def mirror_view(stack: Stack) -> dict[str, str]:
     """The mirror's latest summary as {label: state}, e.g. {"coffee": "ready", "toast@1a2b3c4d5e6f": "idle"}."""
-    line = stack.last("smart-mirror", "MIRROR coffee")
+    line = stack.logs("smart-mirror").last("MIRROR coffee")
     return dict(part.split("=") for part in line.split()[1:])
 
 
@@ -111,9 +111,9 @@ def test_broker_wiring_is_n_to_n_scales_serves_late_joiners_and_survives_a_broke
     assert len(senders) == 3
 
     stack.compose("up", "--detach", "--wait", "--no-deps", "radio")  # a late joiner
-    stack.wait_for("radio", "RADIO heard 'light is ON' from light-switch@")
-    stack.wait_for("radio", "RADIO heard 'light is ON' from kitchen-light@")
-    stack.wait_for("radio", "RADIO playing")
+    stack.logs("radio").wait_for("RADIO heard 'light is ON' from light-switch@")
+    stack.logs("radio").wait_for("RADIO heard 'light is ON' from kitchen-light@")
+    stack.logs("radio").wait_for("RADIO playing")
 
     # The host tools, through the broker's ports on 127.0.0.1.
     seen = smarthome(BROKER_CONFIG, "sub", "toast", "--count", "3", "--timeout", "30")
@@ -121,10 +121,10 @@ def test_broker_wiring_is_n_to_n_scales_serves_late_joiners_and_survives_a_broke
     assert len({line.split()[1] for line in seen.stdout.splitlines()}) == 3  # three toaster senders
     assert smarthome(BROKER_CONFIG, "light", "off").returncode == 0
     wait_until(lambda: mirror_shows(stack, "idle", toasters=3), "the mirror to show all idle", 60, stack.all_logs)
-    stack.wait_for("radio", "RADIO silent")
+    stack.logs("radio").wait_for("RADIO silent")
 
     stack.compose("restart", "broker")
-    stack.wait_for("broker", "BROKER started", times=2)
+    stack.logs("broker").wait_for("BROKER started", times=2)
     switched = smarthome(BROKER_CONFIG, "light", "on", "--timeout", "30")  # waits for the switches to reconnect
     assert switched.returncode == 0, switched.stderr
     wait_until(lambda: mirror_shows(stack, "ready", toasters=3), "the mirror to converge again", 60, stack.all_logs)

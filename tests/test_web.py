@@ -21,11 +21,9 @@ import zmq.asyncio
 from aiohttp import WSMsgType
 from smarthome.core.config import load_config
 from smarthome.core.envelope import Message, encode
-from smarthome.core.runtime import Service
+from smarthome.core.identity import Identity
 from smarthome.web.forwarder import FORWARDER, make_app
-from support import endpoint, free_port, loopback_config
-
-DEADLINE = 15.0
+from support import DEADLINE, endpoint, free_port, loopback_config, wait_until_async
 
 
 @pytest.fixture
@@ -63,7 +61,7 @@ async def zmq_context() -> AsyncIterator[zmq.asyncio.Context]:
 async def site(config: Path, zmq_context: zmq.asyncio.Context, aiohttp_client: Any) -> Any:
     """(client factory, appliances, forwarder): the forwarder app running, its subscription in place."""
     appliances = Appliances(zmq_context, config)
-    app = make_app(Service("web", load_config(config)), load_config(config).services["web"])
+    app = make_app(Identity("web", load_config(config)), load_config(config).services["web"])
     client = await aiohttp_client(app)
     await appliances.subscribed()
     return client, appliances, app[FORWARDER]
@@ -150,10 +148,9 @@ async def test_commands_are_validated_and_errors_go_to_that_browser_only(
     assert (await next_error(sender))["body"] == {"error": "no light switch is listening"}
 
     light_switch = run_service("light-switch", config)  # the real one: its commands socket binds
-    deadline = time.monotonic() + DEADLINE
-    while forwarder.command_listeners < 1:  # the forwarder has seen the switch's subscription
-        assert time.monotonic() < deadline, light_switch.output()
-        await asyncio.sleep(0.02)  # ok: pause between polls of a deadline loop
+    await wait_until_async(
+        lambda: forwarder.commands.listened, "the switch's subscription", describe=light_switch.output
+    )
     for bad, reason in (
         ("not json", "bad command: JSON is malformed"),
         ('{"command": "lamp", "state": "ON"}', "bad command: unknown command 'lamp'"),
@@ -165,10 +162,9 @@ async def test_commands_are_validated_and_errors_go_to_that_browser_only(
         assert event["body"]["error"].startswith(reason), event
 
     await sender.send_str('{"command": "light", "state": "OFF"}')
-    deadline = time.monotonic() + DEADLINE
-    while not light_switch.count("switched OFF by web@"):
-        assert time.monotonic() < deadline, light_switch.output()
-        await asyncio.sleep(0.02)  # ok: pause between polls of a deadline loop
+    await wait_until_async(
+        lambda: light_switch.count("switched OFF by web@"), "the switch", describe=light_switch.output
+    )
     assert light_switch.count("switched") == 1  # none of the bad commands was published
 
     await appliances.send("toast", {"status": True}, sender="sentinel@test")
@@ -191,10 +187,7 @@ async def test_sigterm_closes_browsers_with_going_away_and_exits_0(tmp_path: Pat
     port = free_port()
     config = loopback_config(tmp_path, **{"services.web.port": port})
     web = run_service("web", config)
-    deadline = time.monotonic() + DEADLINE
-    while not web.count("WEB started"):
-        assert time.monotonic() < deadline, web.output()
-        await asyncio.sleep(0.02)  # ok: pause between polls of a deadline loop
+    await wait_until_async(lambda: web.count("WEB started"), "the web to start", describe=web.output)
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(f"http://127.0.0.1:{port}/ws")
         web.proc.send_signal(signal.SIGTERM)

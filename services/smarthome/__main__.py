@@ -17,14 +17,12 @@ from typing import NoReturn
 import zmq
 
 from smarthome.core.config import ConfigError, load_config
+from smarthome.core.identity import Identity
 from smarthome.core.logs import setup_logging
-from smarthome.core.runtime import Service
 from smarthome.tools import cli, local
 
-# role -> the module whose main(service, spec) is its entrypoint, imported only when that role runs
-# (the web forwarder's aiohttp would otherwise add ~18 MiB to every appliance). main() sets up sockets on
-# the service's poller loop, which then runs; one that runs a loop of its own (the web forwarder: asyncio)
-# returns its exit code instead.
+# role -> the module whose `main(me, spec) -> exit code` runs it, imported only when that role runs
+# (the web forwarder's aiohttp would otherwise add ~18 MiB to every appliance).
 ENTRYPOINTS = {
     "light-switch": "smarthome.roles.light_switch",
     "appliance": "smarthome.roles.appliance",
@@ -37,13 +35,11 @@ ENTRYPOINTS = {
 
 def run(name: str, config_path: str | None) -> int:
     config = load_config(config_path)
-    if name not in config.services:
+    spec = config.services.get(name)
+    if spec is None:
         raise ConfigError(config.path, "services", f"no service named '{name}' (have: {', '.join(config.services)})")
     setup_logging()
-    service = Service(name, config)
-    entrypoint = importlib.import_module(ENTRYPOINTS[type(service.spec).__struct_config__.tag]).main
-    exit_code = entrypoint(service, service.spec)
-    return service.run() if exit_code is None else exit_code
+    return importlib.import_module(ENTRYPOINTS[spec.role]).main(Identity(name, config), spec)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "services
 
 from smarthome.core.config import BrokerConfig, Config, Publish, Subscribe
 from smarthome.core.envelope import Message
-from smarthome.core.runtime import Service
+from smarthome.core.identity import Identity
+from smarthome.core.runtime import Loop
 from smarthome.roles import broker
 
 TOPIC = "bench"
@@ -47,9 +48,7 @@ class Pad(msgspec.Struct):
 
 
 def bench_config(name: str, spec: object) -> Config:
-    return Config(
-        "bench", poll_timeout_ms=100, max_message_bytes=1 << 20, heartbeat_interval=1.0, services={name: spec}
-    )
+    return Config("bench", max_message_bytes=1 << 20, heartbeat_interval=1.0, services={name: spec})
 
 
 # --- roles (each runs in its own process or container) -------------------------------------------------
@@ -72,7 +71,7 @@ def role_pub(mode: str, endpoint: str, count: int, size: int, paced: bool) -> No
                 _pace(started, i, interval)
         context.destroy()
         return
-    service = Service("bench-pub", bench_config("bench-pub", None))
+    service = Loop(Identity("bench-pub", bench_config("bench-pub", None)))
     side = {"connect": endpoint} if mode == "broker" else {"bind": endpoint}
     body = {"pad": "x" * max(0, size - 90)}  # the envelope's own fields take ~90 bytes of JSON
 
@@ -84,7 +83,7 @@ def role_pub(mode: str, endpoint: str, count: int, size: int, paced: bool) -> No
                 _pace(started, i, interval)
         service.stop()
 
-    publisher = service.publisher(Publish(TOPIC, **side), on_subscriber=lambda: service.call_later(0, blast))
+    publisher = service.publisher(Publish(TOPIC, **side), on_listener=lambda: service.call_later(0, blast))
     publisher.sock.linger = 10_000  # flush what is queued before exiting
     service.run()
 
@@ -115,7 +114,7 @@ def role_sub(mode: str, endpoint: str, count: int) -> None:
             latencies.append(time.time() - struct.unpack("d", payload[:8])[0])
         context.destroy(linger=0)
     else:
-        service = Service("bench-sub", bench_config("bench-sub", None))
+        service = Loop(Identity("bench-sub", bench_config("bench-sub", None)))
 
         def on_message(message: Message, _: Pad) -> None:
             arrivals.append(time.perf_counter())
@@ -147,9 +146,8 @@ def role_sub(mode: str, endpoint: str, count: int) -> None:
 
 
 def role_broker(bind_in: str, bind_out: str) -> None:
-    service = Service("bench-broker", bench_config("bench-broker", BrokerConfig("BROKER", bind_in, bind_out)))
-    broker.main(service, service.spec)
-    service.run()
+    spec = BrokerConfig("BROKER", bind_in, bind_out)
+    broker.main(Identity("bench-broker", bench_config("bench-broker", spec)), spec)
 
 
 # --- orchestration ---------------------------------------------------------------------------------------

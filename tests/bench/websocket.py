@@ -46,7 +46,6 @@ def free_port() -> int:
 
 def start_forwarder(directory: Path, feed: int, http: int, queue: int) -> subprocess.Popen[bytes]:
     config = {
-        "poll_timeout_ms": 100,
         "max_message_bytes": 65536,
         "heartbeat_interval": 1,
         "services": {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,6 +50,25 @@ class Subscribe(_Strict):
 class _Service(_Strict, tag_field="role"):
     name: str  # display name used in log lines, e.g. "COFFEE MAKER"
 
+    @property
+    def role(self) -> str:
+        return self.__struct_config__.tag
+
+    def sockets(self) -> Iterator[tuple[str, Publish | Subscribe]]:
+        """(field, spec) of every publisher and subscriber socket this service has."""
+        for field in self.__struct_fields__:
+            if isinstance(spec := getattr(self, field), Publish | Subscribe):
+                yield field, spec
+
+    def endpoints(self) -> Iterator[tuple[str, str, bool]]:
+        """(key path below the service, endpoint, is_connect) of every endpoint, wherever the schema puts it."""
+        for field, spec in self.sockets():
+            if spec.bind:
+                yield f"{field}.bind", spec.bind, False
+            connect = [spec.connect] if isinstance(spec.connect, str) else spec.connect or []
+            for i, endpoint in enumerate(connect):
+                yield f"{field}.connect" + (f"[{i}]" if isinstance(spec, Subscribe) else ""), endpoint, True
+
 
 class LightSwitchConfig(_Service, tag="light-switch"):
     publish: Publish
@@ -75,6 +95,10 @@ class BrokerConfig(_Service, tag="broker"):
     publishers: str  # XSUB bind endpoint that every publisher connects to
     subscribers: str  # XPUB bind endpoint that every subscriber connects to
 
+    def endpoints(self) -> Iterator[tuple[str, str, bool]]:
+        yield "publishers", self.publishers, False
+        yield "subscribers", self.subscribers, False
+
 
 class WebConfig(_Service, tag="web"):
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)]  # HTTP: the dashboard, /ws and /healthz
@@ -88,7 +112,6 @@ ServiceConfig = LightSwitchConfig | ApplianceConfig | MirrorConfig | RadioConfig
 
 
 class _Settings(_Strict):
-    poll_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=1000)]  # bounds how long SIGTERM waits
     max_message_bytes: Annotated[int, msgspec.Meta(ge=1024)]  # larger peers are disconnected
     heartbeat_interval: Annotated[float, msgspec.Meta(gt=0)]  # seconds between every publisher's heartbeats
     services: dict[str, Any]
@@ -96,14 +119,13 @@ class _Settings(_Strict):
 
 class Config(msgspec.Struct, frozen=True):
     path: str
-    poll_timeout_ms: int
     max_message_bytes: int
     heartbeat_interval: float
     services: dict[str, ServiceConfig]
 
     def publishers(self) -> dict[str, Publish]:
         """Service name -> its publisher socket, for every service that has one."""
-        return {name: p for name, s in self.services.items() if (p := getattr(s, "publish", None)) is not None}
+        return {name: spec for name, s in self.services.items() for field, spec in s.sockets() if field == "publish"}
 
     def publisher_of(self, topic: str) -> tuple[str, ServiceConfig] | None:
         """The (first) service that publishes `topic`, or None."""
@@ -140,7 +162,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     services = {
         name: _convert(path, f"services.{name}", entry, ServiceConfig) for name, entry in settings.services.items()
     }
-    config = Config(path, settings.poll_timeout_ms, settings.max_message_bytes, settings.heartbeat_interval, services)
+    config = Config(path, settings.max_message_bytes, settings.heartbeat_interval, services)
     _check_wiring(config)
     return config
 
@@ -157,38 +179,20 @@ def _convert(path: str, key: str, raw: Any, schema: Any) -> Any:
 def _check_wiring(config: Config) -> None:
     published = {p.topic for p in config.publishers().values()}
     for name, service in config.services.items():
-        for key, endpoint, connecting in _endpoints(service, f"services.{name}"):
-            _check_endpoint(config.path, key, endpoint, connecting)
-        for field in ("publish", "subscribe", "commands"):
-            spec = getattr(service, field, None)
+        for key, endpoint, connecting in service.endpoints():
+            _check_endpoint(config.path, f"services.{name}.{key}", endpoint, connecting)
+        for field, spec in service.sockets():
             key = f"services.{name}.{field}"
             if isinstance(spec, Publish) and (spec.bind is None) == (spec.connect is None):
                 raise ConfigError(config.path, key, "needs exactly one of 'bind' or 'connect'")
             if isinstance(spec, Subscribe) and (spec.bind is None) == (not spec.connect):
                 raise ConfigError(config.path, key, "needs either 'bind' or at least one 'connect' endpoint")
-        # Commands come from outside the config (CLI, dashboard); every other subscription needs a publisher.
-        subscribe = getattr(service, "subscribe", None)
-        for i, topic in enumerate(subscribe.topics if subscribe else []):
-            if topic not in published:
-                raise ConfigError(
-                    config.path, f"services.{name}.subscribe.topics[{i}]", f"topic '{topic}' is published by no service"
-                )
-
-
-def _endpoints(service: Any, key: str) -> list[tuple[str, str, bool]]:
-    """Every (key path, endpoint, is_connect) of a service, wherever the schema puts them."""
-    found = []
-    for field in service.__struct_fields__:
-        value = getattr(service, field)
-        if field in ("publishers", "subscribers", "bind") and isinstance(value, str):
-            found.append((f"{key}.{field}", value, False))
-        elif field == "connect" and isinstance(value, str):
-            found.append((f"{key}.{field}", value, True))
-        elif field == "connect" and isinstance(value, list):
-            found += [(f"{key}.{field}[{i}]", endpoint, True) for i, endpoint in enumerate(value)]
-        elif isinstance(value, Publish | Subscribe):
-            found += _endpoints(value, f"{key}.{field}")
-    return found
+            # Commands come from outside the config (CLI, dashboard); every other subscription needs a publisher.
+            if field != "subscribe":
+                continue
+            for i, topic in enumerate(spec.topics):
+                if topic not in published:
+                    raise ConfigError(config.path, f"{key}.topics[{i}]", f"topic '{topic}' is published by no service")
 
 
 def _check_endpoint(path: str, key: str, endpoint: str, connect: bool) -> None:

@@ -8,13 +8,15 @@ import logging
 
 from smarthome.core.config import ApplianceConfig
 from smarthome.core.envelope import ApplianceStatus, LightState, Message
-from smarthome.core.runtime import Service, Timer
+from smarthome.core.identity import Identity
+from smarthome.core.runtime import Loop, Timer
 
 log = logging.getLogger(__name__)
 
 
-def main(service: Service, spec: ApplianceConfig) -> None:
-    status = service.publisher(spec.publish)
+def main(me: Identity, spec: ApplianceConfig) -> int:
+    loop = Loop(me)
+    status = loop.publisher(spec.publish)
     lights: dict[str, bool] = {}  # sender -> on: with several switches (N to N), any light on counts
     preparing: Timer | None = None
 
@@ -34,9 +36,10 @@ def main(service: Service, spec: ApplianceConfig) -> None:
             preparing = None
         if not was_on:
             log.info("%s preparing for %gs", spec.name, spec.prep_time)
-            preparing = service.call_later(spec.prep_time, lambda: report(True))
+            preparing = loop.call_later(spec.prep_time, lambda: report(True))
         else:
             report(False)
 
     report(False)  # the current state, re-sent to every subscriber that joins
-    service.subscribe(spec.subscribe, LightState, on_light)
+    loop.subscribe(spec.subscribe, LightState, on_light)
+    return loop.run()

@@ -11,19 +11,20 @@ import zmq
 
 from smarthome.core.config import BrokerConfig
 from smarthome.core.envelope import HEARTBEAT_TOPIC
-from smarthome.core.runtime import Service, send_frames
+from smarthome.core.identity import Identity
+from smarthome.core.messaging import Subscription, send_frames
+from smarthome.core.runtime import Loop
 
 log = logging.getLogger(__name__)
 LAST_VALUES_MAX = 10_000  # topics remembered; the oldest is forgotten first
 HEARTBEAT = HEARTBEAT_TOPIC.encode()
 
 
-def main(service: Service, spec: BrokerConfig) -> None:
-    from_publishers = service.socket(zmq.XSUB)
-    service.attach(from_publishers, bind=spec.publishers)
-    to_subscribers = service.socket(zmq.XPUB)
-    to_subscribers.xpub_verboser = True  # hand us every subscribe and every unsubscribe, repeats included
-    service.attach(to_subscribers, bind=spec.subscribers)
+def main(me: Identity, spec: BrokerConfig) -> int:
+    loop = Loop(me)
+    from_publishers = loop.sockets.make(zmq.XSUB, bind=spec.publishers)
+    # Hand us every subscribe and every unsubscribe, repeats included.
+    to_subscribers = loop.sockets.make(zmq.XPUB, bind=spec.subscribers, xpub_verboser=True)
     last_values: dict[bytes, list[bytes]] = {}
 
     def forward(frames: list[bytes]) -> None:
@@ -37,18 +38,18 @@ def main(service: Service, spec: BrokerConfig) -> None:
             del last_values[next(iter(last_values))]
 
     def on_subscription(frames: list[bytes]) -> None:
-        event = frames[0]
-        if event[:1] not in (b"\x00", b"\x01"):
-            return  # not a (un)subscription: XPUB peers have nothing else to say
-        from_publishers.send(event)  # upstream too: publishers re-send their own state
-        subscribed, topic = event[:1] == b"\x01", event[1:]
-        shown = f"'{topic.decode(errors='replace')}'" if topic else "all topics"
-        log.info("%s %s %s", spec.name, "subscribe" if subscribed else "unsubscribe", shown)
-        if subscribed:
-            for name, frames in list(last_values.items()):
-                if name.startswith(topic):
-                    send_frames(to_subscribers, frames)
+        subscription = Subscription.parse(frames)
+        if not subscription:
+            return  # XPUB peers have nothing else to say
+        from_publishers.send(frames[0])  # upstream too: publishers re-send their own state
+        shown = f"'{subscription.prefix.decode(errors='replace')}'" if subscription.prefix else "all topics"
+        log.info("%s %s %s", spec.name, "subscribe" if subscription.on else "unsubscribe", shown)
+        if subscription.on:
+            for name, last in list(last_values.items()):
+                if name.startswith(subscription.prefix):
+                    send_frames(to_subscribers, last)
 
     # Copying small messages into bytes is cheaper than zero-copy Frames, which pay only above ~64 kB.
-    service.on_message(from_publishers, forward)
-    service.on_message(to_subscribers, on_subscription)
+    loop.on_message(from_publishers, forward)
+    loop.on_message(to_subscribers, on_subscription)
+    return loop.run()

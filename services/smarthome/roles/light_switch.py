@@ -8,13 +8,15 @@ import logging
 
 from smarthome.core.config import LightSwitchConfig
 from smarthome.core.envelope import LightState, Message
-from smarthome.core.runtime import Service
+from smarthome.core.identity import Identity
+from smarthome.core.runtime import Loop
 
 log = logging.getLogger(__name__)
 
 
-def main(service: Service, spec: LightSwitchConfig) -> None:
-    light = service.publisher(spec.publish)
+def main(me: Identity, spec: LightSwitchConfig) -> int:
+    loop = Loop(me)
+    light = loop.publisher(spec.publish)
     state = LightState("ON")
 
     def switch(new: LightState) -> None:
@@ -30,6 +32,7 @@ def main(service: Service, spec: LightSwitchConfig) -> None:
 
     switch(state)  # nobody may be listening yet: the publisher re-sends it to every subscriber that joins
     if spec.toggle_period > 0:
-        service.every(spec.toggle_period, lambda: switch(LightState("OFF" if state.state == "ON" else "ON")))
+        loop.every(spec.toggle_period, lambda: switch(LightState("OFF" if state.state == "ON" else "ON")))
     if spec.commands:
-        service.subscribe(spec.commands, LightState, on_command)
+        loop.subscribe(spec.commands, LightState, on_command)
+    return loop.run()

@@ -8,17 +8,19 @@ import logging
 
 from smarthome.core.config import MirrorConfig
 from smarthome.core.envelope import ApplianceStatus, Message, MirrorView
-from smarthome.core.runtime import Service
+from smarthome.core.identity import Identity
+from smarthome.core.runtime import Loop
 
 log = logging.getLogger(__name__)
 
 
-def main(service: Service, spec: MirrorConfig) -> None:
-    display = {topic: service.config.publisher_of(topic)[1].name for topic in spec.subscribe.topics}
+def main(me: Identity, spec: MirrorConfig) -> int:
+    loop = Loop(me)
+    display = {topic: me.config.publisher_of(topic)[1].name for topic in spec.subscribe.topics}
     # (topic, sender) -> ready: scaled appliances share a topic and are told apart by sender.
     view: dict[tuple[str, str], bool] = {}
     shown: dict[str, str] = {}
-    publisher = service.publisher(spec.publish) if spec.publish else None
+    publisher = loop.publisher(spec.publish) if spec.publish else None
 
     def labelled() -> dict[str, str]:
         shown: dict[str, str] = {}
@@ -41,4 +43,5 @@ def main(service: Service, spec: MirrorConfig) -> None:
             if publisher:
                 publisher.publish(MirrorView(now))
 
-    service.subscribe(spec.subscribe, ApplianceStatus, on_status)
+    loop.subscribe(spec.subscribe, ApplianceStatus, on_status)
+    return loop.run()

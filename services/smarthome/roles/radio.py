@@ -4,12 +4,14 @@ import logging
 
 from smarthome.core.config import RadioConfig
 from smarthome.core.envelope import LightState, Message
-from smarthome.core.runtime import Service
+from smarthome.core.identity import Identity
+from smarthome.core.runtime import Loop
 
 log = logging.getLogger(__name__)
 
 
-def main(service: Service, spec: RadioConfig) -> None:
+def main(me: Identity, spec: RadioConfig) -> int:
+    loop = Loop(me)
     lights: dict[str, bool] = {}  # sender -> on, one entry per light switch heard
 
     def on_light(message: Message, light: LightState) -> None:
@@ -19,4 +21,5 @@ def main(service: Service, spec: RadioConfig) -> None:
         if any(lights.values()) != was_playing:
             log.info("%s %s", spec.name, "playing" if not was_playing else "silent")
 
-    service.subscribe(spec.subscribe, LightState, on_light)
+    loop.subscribe(spec.subscribe, LightState, on_light)
+    return loop.run()

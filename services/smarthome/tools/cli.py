@@ -13,7 +13,8 @@ import sys
 
 from smarthome.core.config import Config, LightSwitchConfig, Publish, Subscribe, to_loopback
 from smarthome.core.envelope import LightState, Message
-from smarthome.core.runtime import Service
+from smarthome.core.identity import Identity
+from smarthome.core.runtime import Loop
 
 SEND_LINGER_MS = 2000  # how long `pub` may take to flush its one message after a subscriber is there
 
@@ -31,7 +32,7 @@ def subscribe_endpoints(config: Config, topics: list[str]) -> list[str]:
 
 def publish_endpoint(config: Config, topic: str) -> str:
     for service in config.services.values():
-        for spec in (getattr(service, "subscribe", None), getattr(service, "commands", None)):
+        for _, spec in service.sockets():
             if isinstance(spec, Subscribe) and spec.bind and topic in spec.topics:
                 return to_loopback(spec.bind)
     if config.broker:
@@ -42,9 +43,8 @@ def publish_endpoint(config: Config, topic: str) -> str:
 def known_topics(config: Config) -> set[str]:
     topics = set()
     for service in config.services.values():
-        for field in ("publish", "subscribe", "commands"):
-            spec = getattr(service, field, None)
-            topics |= {spec.topic} if isinstance(spec, Publish) else set(spec.topics) if spec else set()
+        for _, spec in service.sockets():
+            topics |= {spec.topic} if isinstance(spec, Publish) else set(spec.topics)
     return topics
 
 
@@ -57,7 +57,7 @@ def check_topics(config: Config, topics: list[str]) -> None:
 def sub(config: Config, topics: list[str], count: int, timeout: float) -> int:
     """Print every message on `topics` (all if none): topic, sender, seq, body. Stops after `count` if given."""
     check_topics(config, topics)
-    service = Service("smarthome-sub", config, label="sub")
+    service = Loop(Identity("smarthome-sub", config, label="sub"))
     received = 0
     outcome = 0
 
@@ -90,7 +90,7 @@ def pub(config: Config, topic: str, body_json: str, timeout: float) -> int:
     if not isinstance(body, dict):
         raise UsageError(f"the body must be a JSON object, got: {body_json}")
     endpoint = publish_endpoint(config, topic)
-    service = Service("smarthome-cli", config, label="pub")
+    service = Loop(Identity("smarthome-cli", config, label="pub"))
     outcome = 0
 
     def give_up() -> None:
@@ -100,7 +100,7 @@ def pub(config: Config, topic: str, body_json: str, timeout: float) -> int:
         service.stop()
 
     # The publisher re-sends its last message to each new subscriber: publish now, stop after the first one.
-    publisher = service.publisher(Publish(topic, connect=endpoint), on_subscriber=service.stop)
+    publisher = service.publisher(Publish(topic, connect=endpoint), on_listener=service.stop)
     publisher.sock.linger = SEND_LINGER_MS  # the one socket here that must deliver before it closes
     publisher.publish(body)
     service.call_later(timeout, give_up)

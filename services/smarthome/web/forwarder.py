@@ -26,8 +26,10 @@ import zmq.asyncio
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from smarthome.core.config import LOOPBACK_ENV, WebConfig
-from smarthome.core.envelope import HEARTBEAT_TOPIC, LightState, Message, encode
-from smarthome.core.runtime import ConnectionLog, Inbox, Service, subscriber
+from smarthome.core.envelope import HEARTBEAT_TOPIC, LightState, Message
+from smarthome.core.identity import HEALTH_TOUCH_EVERY, Identity
+from smarthome.core.messaging import Inbox, Outbox, Subscription
+from smarthome.core.sockets import Handler, Sockets
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -54,57 +56,101 @@ class Browser:
 
 
 class Forwarder:
-    def __init__(self, service: Service, spec: WebConfig) -> None:
-        self.service = service
+    """The zmq side and the browser side on one asyncio loop; every background task is supervised."""
+
+    def __init__(self, me: Identity, spec: WebConfig) -> None:
+        self.me = me
         self.spec = spec
         self.browsers: set[Browser] = set()
         self.latest: dict[tuple[str, str], str] = {}  # (topic, sender) -> last event: a new page starts complete
         self.last_seen: dict[str, float] = {}  # sender -> monotonic time of its last message
         self.online: dict[str, bool] = {}
-        self.command_listeners = 0  # subscriptions to the commands topic seen on our XPUB
-        self._seq = 0
+        self.commands = Outbox(me, spec.commands.topic)  # what the light button publishes, and who listens
+        self.events = Outbox(me, "presence")  # the forwarder's own events to browsers: presence, error
+        self.inbox = Inbox(spec.name, spec.subscribe.topics, None)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.done = asyncio.Event()  # set by SIGTERM/SIGINT, or by a background task that died
+        self.failed = False
 
     # --- zmq side ---------------------------------------------------------------------------------------
 
-    async def receive(self, sock: zmq.asyncio.Socket) -> None:
-        inbox = Inbox(self.spec.name, self.spec.subscribe.topics, None)
-        while True:
-            accepted = inbox.accept(await sock.recv_multipart())
-            if not accepted:
-                continue
-            message, _ = accepted
-            self.seen(message.sender)
-            if message.topic != HEARTBEAT_TOPIC:  # heartbeats only feed presence
-                self.send_all(message)
+    def start(self) -> None:
+        """Open the zmq sockets on this event loop and start the background tasks."""
+        self.context = zmq.asyncio.Context()
+        sockets = Sockets(self.context, self.me, self.watch)
+        self.watch(sockets.subscriber(self.spec.subscribe), self.on_frames)
+        # XPUB_VERBOSER: every subscribe and unsubscribe, so we know whether a light switch listens right now.
+        self.commands_sock = sockets.publisher(self.spec.commands, xpub_verboser=True)
+        self.watch(self.commands_sock, self.on_command_subscription)
+        self.spawn(self.repeat(self.me.config.heartbeat_interval, self.check_presence))
+        self.spawn(self.repeat(HEALTH_TOUCH_EVERY, self.me.health.touch))
+        self.me.health.touch()
 
-    async def count_command_listeners(self, sock: zmq.asyncio.Socket) -> None:
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.context.destroy()
+        self.me.health.remove()
+
+    def spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        # A task never ends by itself: one that died would leave a live process that silently stopped working.
+        if not task.cancelled() and task.exception():
+            log.error("%s stopping: a background task died: %r", self.spec.name, task.exception())
+            self.failed = True
+            self.done.set()
+
+    def watch(self, sock: zmq.asyncio.Socket, handler: Handler) -> None:
+        """How the socket factory reads a socket on this loop: handler(frames) for each message."""
+
+        async def read() -> None:
+            while True:
+                handler(await sock.recv_multipart())
+
+        self.spawn(read())
+
+    @staticmethod
+    async def repeat(period: float, callback: Any) -> None:
         while True:
-            event = await sock.recv()
-            self.command_listeners += 1 if event[:1] == b"\x01" else -1
+            await asyncio.sleep(period)  # a periodic job on the event loop, not synchronisation
+            callback()
+
+    def on_frames(self, frames: list[bytes]) -> None:
+        accepted = self.inbox.accept(frames)
+        if not accepted:
+            return
+        message, _ = accepted
+        self.seen(message.sender)
+        if message.topic != HEARTBEAT_TOPIC:  # heartbeats only feed presence
+            self.send_all(message)
+
+    def on_command_subscription(self, frames: list[bytes]) -> None:
+        if subscription := Subscription.parse(frames):
+            self.commands.heard(subscription)
 
     def seen(self, sender: str) -> None:
         self.last_seen[sender] = time.monotonic()
         if not self.online.get(sender):
             self.online[sender] = True
-            self.send_all(self.own_event("presence", {"sender": sender, "online": True}))
+            self.send_all(self.events.message({"sender": sender, "online": True}))
 
-    async def watch_presence(self) -> None:
-        interval = self.service.config.heartbeat_interval
-        while True:
-            await asyncio.sleep(interval)  # a periodic check on the event loop, not synchronisation
-            self.service.health.touch()
-            deadline = time.monotonic() - interval * self.spec.offline_after
-            for sender, seen in self.last_seen.items():
-                if self.online[sender] and seen < deadline:
-                    self.online[sender] = False
-                    log.info("%s %s is offline", self.spec.name, sender)
-                    self.send_all(self.own_event("presence", {"sender": sender, "online": False}))
+    def check_presence(self) -> None:
+        deadline = time.monotonic() - self.me.config.heartbeat_interval * self.spec.offline_after
+        for sender, seen in self.last_seen.items():
+            if self.online[sender] and seen < deadline:
+                self.online[sender] = False
+                log.info("%s %s is offline", self.spec.name, sender)
+                self.send_all(self.events.message({"sender": sender, "online": False}))
 
     # --- browser side -----------------------------------------------------------------------------------
 
-    def own_event(self, topic: str, body: dict[str, Any]) -> Message:
-        self._seq += 1
-        return Message(topic, self.service.sender, self.service.boot, self._seq, time.time(), body)
+    def error_event(self, body: dict[str, Any]) -> Message:
+        return self.events.message(body, topic="error")
 
     def send_all(self, message: Message) -> None:
         text = as_json(message)
@@ -138,7 +184,7 @@ class Forwarder:
             if browser.wants(topic):
                 self.offer(browser, text)
         for sender, online in self.online.items():
-            self.offer(browser, as_json(self.own_event("presence", {"sender": sender, "online": online})))
+            self.offer(browser, as_json(self.events.message({"sender": sender, "online": online})))
         writer = asyncio.create_task(self.write(browser))
         try:
             async for frame in ws:
@@ -163,19 +209,14 @@ class Forwarder:
                 raise ValueError(f"unknown command '{command.command}' (known: light)")
             state = msgspec.convert({"state": command.state}, LightState)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            self.offer(browser, as_json(self.own_event("error", {"error": f"bad command: {exc}"})))
+            self.offer(browser, as_json(self.error_event({"error": f"bad command: {exc}"})))
             return
-        if self.command_listeners <= 0:
-            self.offer(browser, as_json(self.own_event("error", {"error": "no light switch is listening"})))
+        if not self.commands.listened:
+            self.offer(browser, as_json(self.error_event({"error": "no light switch is listening"})))
             return
-        message = self.own_event(self.spec.commands.topic, msgspec.to_builtins(state))
-        self.commands.send_multipart(encode(message))
+        _, frames = self.commands.publish(state)
+        self.commands_sock.send_multipart(frames)
         log.info("%s browser %s switched the light %s", self.spec.name, browser.peer, state.state)
-
-
-async def log_connections(monitor: zmq.asyncio.Socket, connections: ConnectionLog) -> None:
-    while True:
-        connections.record(await monitor.recv_multipart())
 
 
 def as_json(message: Message) -> str:
@@ -185,34 +226,16 @@ def as_json(message: Message) -> str:
 FORWARDER = web.AppKey("forwarder", Forwarder)
 
 
-def make_app(service: Service, spec: WebConfig) -> web.Application:
+def make_app(me: Identity, spec: WebConfig) -> web.Application:
     """The aiohttp application, its zmq sockets opened on start-up and closed on clean-up."""
-    forwarder = Forwarder(service, spec)
+    forwarder = Forwarder(me, spec)
     app = web.Application()
     app[FORWARDER] = forwarder
 
     async def zmq_sockets(app: web.Application) -> Any:
-        context = zmq.asyncio.Context()
-        context.linger = 0
-        sub = subscriber(context, spec.subscribe, service.config.max_message_bytes)
-        monitor = sub.get_monitor_socket(ConnectionLog.EVENTS)  # before connecting, so no event is missed
-        for endpoint in spec.subscribe.connect:
-            sub.connect(endpoint)
-        forwarder.commands = context.socket(zmq.XPUB)  # XPUB: we see whether a light switch listens
-        forwarder.commands.connect(spec.commands.connect or "")
-        tasks = [
-            asyncio.create_task(forwarder.receive(sub)),
-            asyncio.create_task(forwarder.count_command_listeners(forwarder.commands)),
-            asyncio.create_task(forwarder.watch_presence()),
-            asyncio.create_task(log_connections(monitor, ConnectionLog(spec.name))),
-        ]
-        service.health.touch()
+        forwarder.start()
         yield
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        context.destroy()
-        service.health.remove()
+        await forwarder.stop()
 
     async def going_away(app: web.Application) -> None:
         for browser in list(forwarder.browsers):
@@ -235,23 +258,24 @@ def make_app(service: Service, spec: WebConfig) -> web.Application:
     return app
 
 
-def main(service: Service, spec: WebConfig) -> int:
-    """Serve until SIGTERM/SIGINT, then close browsers with 'going away' and exit 0."""
+def main(me: Identity, spec: WebConfig) -> int:
+    """Serve until SIGTERM/SIGINT, then close browsers with 'going away' and exit 0 (1 if a task died)."""
     host = "127.0.0.1" if os.environ.get(LOOPBACK_ENV) == "1" else "0.0.0.0"  # local mode stays on loopback
-    asyncio.run(serve(make_app(service, spec), host, spec.port, spec.name))
+    app = make_app(me, spec)
+    asyncio.run(serve(app, host, spec.port, spec.name))
     log.info("%s stopped", spec.name)
-    return 0
+    return 1 if app[FORWARDER].failed else 0
 
 
 async def serve(app: web.Application, host: str, port: int, label: str) -> None:
     # Our own signal handling rather than run_app's: a second signal (Ctrl-C reaches a whole process group,
     # and `smarthome local` forwards SIGTERM too) must not interrupt a shutdown already under way.
-    stop = asyncio.Event()
+    done = app[FORWARDER].done
     for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        asyncio.get_running_loop().add_signal_handler(signum, done.set)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     log.info("%s started on port %d", label, port)  # only now: a client may connect as soon as it reads this
-    await stop.wait()
+    await done.wait()
     await runner.cleanup()

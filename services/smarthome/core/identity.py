@@ -1,0 +1,43 @@
+"""What a running service is, apart from the loop that runs it: name, label, sender, boot, config, health."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+
+from smarthome.core.config import Config, ServiceConfig
+
+HEALTH_FILE_ENV = "SMARTHOME_HEALTH_FILE"  # touched by a live loop; the compose healthcheck reads its age
+HEALTH_TOUCH_EVERY = 0.5  # seconds between touches, whatever else the loop does (the healthcheck allows 2 s)
+
+
+class HealthFile:
+    """A file the live loop touches every HEALTH_TOUCH_EVERY; the healthcheck fails when it is old. No path: no-op."""
+
+    def __init__(self) -> None:
+        self.path = os.environ.get(HEALTH_FILE_ENV)
+
+    def touch(self) -> None:
+        if self.path:
+            with open(self.path, "a"):
+                os.utime(self.path)
+
+    def remove(self) -> None:
+        if self.path:
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+
+
+class Identity:
+    """Who is speaking: the same for a poller service, the asyncio web forwarder and a host tool."""
+
+    def __init__(self, name: str, config: Config, label: str | None = None) -> None:
+        self.name = name
+        self.config = config
+        self.spec: ServiceConfig | None = config.services.get(name)  # None for the host tools
+        self.label = label or (self.spec.name if self.spec else name)  # how log lines name this service
+        self.sender = f"{name}@{socket.gethostname()}"  # scaled instances differ by container hostname
+        self.boot = time.time_ns()  # a restarted sender's seq starts again at 1 and is still newer
+        self.health = HealthFile()
