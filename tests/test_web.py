@@ -29,9 +29,7 @@ from support import DEADLINE, endpoint, free_port, loopback_config, wait_until_a
 @pytest.fixture
 def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SMARTHOME_LOOPBACK", "1")
-    return loopback_config(
-        tmp_path, heartbeat_interval=0.1, **{"services.web.client_queue": 64, "services.web.offline_after": 3}
-    )
+    return loopback_config(tmp_path, heartbeat_interval=0.1, **{"services.web.client_queue": 64}, offline_after=3)
 
 
 class Appliances:
@@ -176,11 +174,23 @@ async def test_senders_go_offline_when_heartbeats_stop_and_online_when_they_retu
     client, appliances, _ = site
     ws = await client.ws_connect("/ws")
     await appliances.send("heartbeat", {"for": "toast"})
-    assert (await next_event(ws, skip_presence=False))["body"] == {"sender": "toaster@test", "online": True}
+    assert (await next_event(ws, skip_presence=False))["body"] == {
+        "sender": "toaster@test",
+        "online": True,
+        "missed": 0,
+    }
     # No more heartbeats: after 3 missed intervals of 0.1 s the forwarder says so.
-    assert (await next_event(ws, skip_presence=False))["body"] == {"sender": "toaster@test", "online": False}
+    assert (await next_event(ws, skip_presence=False))["body"] == {
+        "sender": "toaster@test",
+        "online": False,
+        "missed": 0,
+    }
     await appliances.send("heartbeat", {"for": "toast"})
-    assert (await next_event(ws, skip_presence=False))["body"] == {"sender": "toaster@test", "online": True}
+    assert (await next_event(ws, skip_presence=False))["body"] == {
+        "sender": "toaster@test",
+        "online": True,
+        "missed": 0,
+    }
 
 
 async def test_sigterm_closes_browsers_with_going_away_and_exits_0(tmp_path: Path, run_service: Any) -> None:

@@ -105,15 +105,25 @@ class WebConfig(_Service, tag="web"):
     subscribe: Subscribe  # every topic to forward (empty list: all)
     commands: Publish  # where browser commands go: the light switches' commands topic
     client_queue: Annotated[int, msgspec.Meta(ge=1)]  # messages a browser may fall behind before it is dropped
-    offline_after: Annotated[int, msgspec.Meta(ge=1)]  # missed heartbeats before a sender is shown offline
 
 
 ServiceConfig = LightSwitchConfig | ApplianceConfig | MirrorConfig | RadioConfig | BrokerConfig | WebConfig
 
 
+class Zmtp(_Strict):
+    """ZMTP heartbeats on every connection, in seconds: a peer silent for `heartbeat_timeout` (SIGKILL, pause,
+    partition) is dropped, and ZeroMQ reconnects as soon as it is reachable again instead of waiting for TCP."""
+
+    heartbeat_ivl: Annotated[float, msgspec.Meta(ge=0.05, le=60)]  # how often each side pings
+    heartbeat_timeout: Annotated[float, msgspec.Meta(ge=0.1, le=600)]  # no traffic for this long: connection dropped
+    heartbeat_ttl: Annotated[float, msgspec.Meta(ge=0.1, le=600)]  # how long the peer may wait for our pings
+
+
 class _Settings(_Strict):
     max_message_bytes: Annotated[int, msgspec.Meta(ge=1024)]  # larger peers are disconnected
     heartbeat_interval: Annotated[float, msgspec.Meta(gt=0)]  # seconds between every publisher's heartbeats
+    offline_after: Annotated[int, msgspec.Meta(ge=1)]  # missed heartbeats before a sender is gone
+    zmtp: Zmtp
     services: dict[str, Any]
 
 
@@ -121,7 +131,14 @@ class Config(msgspec.Struct, frozen=True):
     path: str
     max_message_bytes: int
     heartbeat_interval: float
+    offline_after: int
+    zmtp: Zmtp
     services: dict[str, ServiceConfig]
+
+    @property
+    def gone_after(self) -> float:
+        """Seconds of silence after which a sender is taken for gone."""
+        return self.heartbeat_interval * self.offline_after
 
     def publishers(self) -> dict[str, Publish]:
         """Service name -> its publisher socket, for every service that has one."""
@@ -162,7 +179,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     services = {
         name: _convert(path, f"services.{name}", entry, ServiceConfig) for name, entry in settings.services.items()
     }
-    config = Config(path, settings.max_message_bytes, settings.heartbeat_interval, services)
+    config = Config(
+        path, settings.max_message_bytes, settings.heartbeat_interval, settings.offline_after, settings.zmtp, services
+    )
     _check_wiring(config)
     return config
 

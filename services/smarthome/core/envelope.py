@@ -55,6 +55,21 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(_Json)
 
 
+class _SenderOnly(msgspec.Struct):
+    sender: Sender
+
+
+_sender_decoder = msgspec.json.Decoder(_SenderOnly)
+
+
+def sender_of(payload: bytes) -> str | None:
+    """Just the sender of frame 2 (cheap: the rest is skipped), or None if it has none."""
+    try:
+        return _sender_decoder.decode(payload).sender
+    except (msgspec.DecodeError, RecursionError):  # msgspec raises RecursionError on deeply nested JSON
+        return None
+
+
 def encode(message: Message) -> list[bytes]:
     payload = _Json(message.sender, message.boot, message.seq, message.ts, message.body)
     return [message.topic.encode(), _encoder.encode(payload)]

@@ -9,6 +9,7 @@ import time
 
 from smarthome.core.config import Config, ServiceConfig
 
+INSTANCE_ENV = "SMARTHOME_INSTANCE"  # what tells instances of one service apart; default: the host (container) name
 HEALTH_FILE_ENV = "SMARTHOME_HEALTH_FILE"  # touched by a live loop; the compose healthcheck reads its age
 HEALTH_TOUCH_EVERY = 0.5  # seconds between touches, whatever else the loop does (the healthcheck allows 2 s)
 
@@ -38,6 +39,7 @@ class Identity:
         self.config = config
         self.spec: ServiceConfig | None = config.services.get(name)  # None for the host tools
         self.label = label or (self.spec.name if self.spec else name)  # how log lines name this service
-        self.sender = f"{name}@{socket.gethostname()}"  # scaled instances differ by container hostname
+        # Scaled instances differ by container hostname, which a restart keeps and a recreate changes.
+        self.sender = f"{name}@{os.environ.get(INSTANCE_ENV) or socket.gethostname()}"
         self.boot = time.time_ns()  # a restarted sender's seq starts again at 1 and is still newer
         self.health = HealthFile()

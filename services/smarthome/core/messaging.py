@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from typing import Any, NamedTuple, TypeVar
 
 import msgspec
@@ -18,6 +19,7 @@ from smarthome.core.schema import explain
 Body = TypeVar("Body", bound=msgspec.Struct)
 _MORE = int(zmq.SNDMORE)
 log = logging.getLogger("smarthome")
+MAX_SENDERS = 10_000  # per-sender tables are bounded: past this, the least recently heard sender is forgotten
 
 
 def send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
@@ -66,7 +68,9 @@ class Outbox:
         return message, self.last
 
     def heartbeat(self) -> list[bytes]:
-        return encode(self.message({"for": self.topic}, HEARTBEAT_TOPIC))
+        """'Alive, and my newest message on my topic is seq N': it carries our seq without consuming one."""
+        me, body = self.me, {"for": self.topic}
+        return encode(Message(HEARTBEAT_TOPIC, me.sender, me.boot, self.seq, time.time(), body))
 
     def concerns(self, subscription: Subscription) -> bool:
         """Whether `subscription` covers our topic: a subscriber on several publishers sends all its topics to each."""
@@ -80,18 +84,46 @@ class Outbox:
         return True
 
 
+class Stream:
+    """What a subscriber knows of one (sender, topic): the boot and seq of its newest message, and the seq up to
+    which every message is accounted for (received, or counted as missed)."""
+
+    __slots__ = ("boot", "counted", "seq")
+
+    def __init__(self, boot: int, seq: int) -> None:
+        self.boot, self.seq, self.counted = boot, seq, seq
+
+
 class Inbox:
     """What every subscriber does with a received message before its handler sees it.
 
     Malformed messages are logged (one line, with the reason) and dropped; duplicates, stale re-sends and
-    topics that only share a prefix with a subscription are dropped silently. `accept` returns the rest.
+    topics that only share a prefix with a subscription are dropped silently. `accept` returns the rest,
+    heartbeats of the wanted topics included (as message, None).
+
+    Heartbeats carry the sender's current seq without consuming one, so a seq jump, in a message or in a
+    heartbeat, is exactly the number of messages we missed (slow joiner, HWM drops, a partition): each gap is
+    one log line and counted per sender in `missed`. A gap seen in a heartbeat means we also missed the
+    current state: subscribing anew on `sock` makes every publisher of the topic (and the broker) re-send it.
+    A sender not heard for `gone_after` seconds is returned by `expire` and forgotten. Every table is
+    bounded to MAX_SENDERS senders.
     """
 
-    def __init__(self, label: str, topics: list[str], body_type: type[Body] | None) -> None:
+    def __init__(self, label: str, topics: list[str], body_type: type[Body] | None, gone_after: float) -> None:
         self.label = label
         self.wanted = set(topics)  # empty: every topic
         self.body_type = body_type
-        self.newest: dict[tuple[str, str], tuple[int, int]] = {}  # (sender, topic) -> newest (boot, seq) seen
+        self.gone_after = gone_after
+        self.sock: zmq.Socket | None = None  # the SUB socket this inbox reads, subscribed to `subscriptions`
+        self.streams: dict[str, dict[str, Stream]] = {}  # sender -> topic -> what we know of it
+        self.heard: OrderedDict[str, float] = OrderedDict()  # sender -> when last heard, least recent first
+        self.missed: dict[str, int] = {}  # sender -> messages of it we never got
+        self.gaps = 0  # gaps counted so far, all senders
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """The topics to subscribe to: the wanted ones and their publishers' heartbeats (none given: all)."""
+        return [*sorted(self.wanted), HEARTBEAT_TOPIC] if self.wanted else []
 
     def accept(self, frames: list[bytes]) -> tuple[Message, Any] | None:
         try:
@@ -99,10 +131,12 @@ class Inbox:
         except EnvelopeError as exc:
             log.warning("%s dropped a malformed message: %s", self.label, exc)
             return None
+        if message.topic == HEARTBEAT_TOPIC:
+            return self._heartbeat(message)
         if self.wanted and message.topic not in self.wanted:  # subscriptions match prefixes: 'light' ~ 'lightning'
             return None
-        key = (message.sender, message.topic)
-        if key in self.newest and message.order <= self.newest[key]:
+        stream = self.streams.get(message.sender, {}).get(message.topic)
+        if stream and message.order <= (stream.boot, stream.seq):
             return None  # a re-sent last value we already have
         try:
             body = msgspec.convert(message.body, self.body_type) if self.body_type else None
@@ -111,5 +145,62 @@ class Inbox:
             where = f" at 'body.{where}'" if where else " in 'body'"
             log.warning("%s dropped a malformed message: topic '%s': %s%s", self.label, message.topic, problem, where)
             return None
-        self.newest[key] = message.order
+        self._hear(message.sender)
+        if stream is None or message.boot > stream.boot:  # a new sender, or a restarted one: its seq starts afresh
+            self.streams[message.sender][message.topic] = Stream(message.boot, message.seq)
+        else:
+            self._count(message.sender, message.seq - stream.counted - 1)
+            stream.seq = stream.counted = message.seq
         return message, body
+
+    def _heartbeat(self, message: Message) -> tuple[Message, None] | None:
+        topic = message.body.get("for")
+        if not isinstance(topic, str):
+            log.warning("%s dropped a malformed heartbeat from %s: no 'for' topic", self.label, message.sender)
+            return None
+        if self.wanted and topic not in self.wanted:
+            return None
+        self._hear(message.sender)
+        stream = self.streams[message.sender].get(topic)
+        if stream and message.boot == stream.boot and message.seq > stream.counted:
+            self._count(message.sender, message.seq - stream.counted)
+            stream.counted = message.seq
+            self._resync(topic)
+        return message, None
+
+    def _resync(self, topic: str) -> None:
+        """The state we hold of `topic` may be stale: a new subscription has every publisher re-send theirs."""
+        if self.sock is not None:
+            prefix = topic if self.wanted else ""
+            self.sock.unsubscribe(prefix)
+            self.sock.subscribe(prefix)
+
+    def _hear(self, sender: str) -> None:
+        self.heard[sender] = time.monotonic()
+        self.heard.move_to_end(sender)
+        self.streams.setdefault(sender, {})
+        if len(self.heard) > MAX_SENDERS:
+            self._forget(next(iter(self.heard)))
+
+    def _count(self, sender: str, missed: int) -> None:
+        if missed > 0:
+            self.gaps += 1
+            self.missed[sender] = self.missed.get(sender, 0) + missed
+            log.warning("%s missed %d messages from %s", self.label, missed, sender)
+
+    def _forget(self, sender: str) -> None:
+        self.heard.pop(sender, None)
+        self.streams.pop(sender, None)
+        self.missed.pop(sender, None)
+
+    def expire(self) -> list[str]:
+        """The senders not heard for `gone_after` seconds, now forgotten."""
+        deadline = time.monotonic() - self.gone_after
+        gone = []
+        for sender, heard in self.heard.items():  # least recently heard first
+            if heard >= deadline:
+                break
+            gone.append(sender)
+        for sender in gone:
+            self._forget(sender)
+        return gone

@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 
 from smarthome.core.config import Publish, Subscribe
-from smarthome.core.envelope import Message
+from smarthome.core.envelope import HEARTBEAT_TOPIC, Message
 from smarthome.core.identity import HEALTH_TOUCH_EVERY, Identity
 from smarthome.core.messaging import Body, Inbox, Outbox, Subscription, send_frames
 from smarthome.core.sockets import Handler, Sockets
@@ -76,19 +76,33 @@ class Loop:
         return Publisher(self, spec, on_listener)
 
     def subscribe(
-        self, spec: Subscribe, body_type: type[Body] | None, handler: Callable[[Message, Body | None], None]
-    ) -> None:
+        self,
+        spec: Subscribe,
+        body_type: type[Body] | None,
+        handler: Callable[[Message, Body | None], None],
+        on_gone: Callable[[str], None] | None = None,
+    ) -> Inbox:
         """Receive `spec.topics` (all if empty) with bodies validated as `body_type` (None: any JSON object).
 
-        Only new, valid messages reach `handler` (see Inbox).
+        Only new, valid messages reach `handler` (see Inbox); heartbeats are heard here and never reach it.
+        `on_gone(sender)` is called for a sender that stopped heartbeating: its state must not linger as alive.
         """
-        inbox = Inbox(self.me.label, spec.topics, body_type)
+        inbox = Inbox(self.me.label, spec.topics, body_type, self.me.config.gone_after)
+        inbox.sock = self.sockets.subscriber(spec, inbox.subscriptions)
 
         def on_frames(frames: list[bytes]) -> None:
-            if accepted := inbox.accept(frames):
+            if (accepted := inbox.accept(frames)) and accepted[0].topic != HEARTBEAT_TOPIC:
                 handler(*accepted)
 
-        self.on_message(self.sockets.subscriber(spec), on_frames)
+        def expire() -> None:
+            for sender in inbox.expire():
+                log.info("%s forgot %s: no heartbeat for %gs", self.me.label, sender, inbox.gone_after)
+                if on_gone:
+                    on_gone(sender)
+
+        self.on_message(inbox.sock, on_frames)
+        self.every(self.me.config.heartbeat_interval, expire)
+        return inbox
 
     # --- timers ------------------------------------------------------------------------------------
 

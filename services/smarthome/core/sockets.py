@@ -1,7 +1,9 @@
 """The one place where every zmq socket of every service and tool is made, for poller and asyncio loops alike.
 
 The socket policy lives here and nowhere else: linger 0 (a stop never waits on the network), a cap on
-message size, and a log line for every connection a connecting socket makes or loses.
+message size, ZMTP heartbeats and TCP keepalive (a peer that vanished without a FIN is dropped within
+seconds, and ZeroMQ reconnects as soon as it is back), and a log line for every connection a connecting
+socket makes or loses.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from smarthome.core.identity import Identity
 Handler = Callable[[list[bytes]], None]
 Watch = Callable[[zmq.Socket, Handler], None]  # how a loop calls `handler(frames)` for each message on a socket
 log = logging.getLogger("smarthome")
+TCP_KEEPALIVE_IDLE = 10  # seconds of silence before the kernel probes a connection
+TCP_KEEPALIVE_INTVL = 2  # seconds between probes
 
 
 class ConnectionLog:
@@ -69,6 +73,13 @@ class Sockets:
         sock = self.context.socket(kind)
         sock.linger = 0
         sock.maxmsgsize = self.me.config.max_message_bytes  # a peer sending more is disconnected
+        zmtp = self.me.config.zmtp
+        sock.heartbeat_ivl = int(zmtp.heartbeat_ivl * 1000)
+        sock.heartbeat_timeout = int(zmtp.heartbeat_timeout * 1000)
+        sock.heartbeat_ttl = int(zmtp.heartbeat_ttl * 1000)
+        sock.tcp_keepalive = 1  # the kernel's own check too, for a link where even heartbeats cannot be sent
+        sock.tcp_keepalive_idle = TCP_KEEPALIVE_IDLE
+        sock.tcp_keepalive_intvl = TCP_KEEPALIVE_INTVL
         for name, value in options.items():
             setattr(sock, name, value)
         if kind == zmq.SUB:
@@ -91,5 +102,8 @@ class Sockets:
         options.setdefault("xpub_verbose", True)
         return self.make(zmq.XPUB, bind=spec.bind, connect=[spec.connect] if spec.connect else (), **options)
 
-    def subscriber(self, spec: Subscribe) -> zmq.Socket:
-        return self.make(zmq.SUB, bind=spec.bind, connect=spec.connect, topics=spec.topics)
+    def subscriber(self, spec: Subscribe, topics: Iterable[str] | None = None) -> zmq.Socket:
+        """A SUB for `spec`, subscribed to `topics` (default: spec.topics)."""
+        return self.make(
+            zmq.SUB, bind=spec.bind, connect=spec.connect, topics=spec.topics if topics is None else topics
+        )

@@ -24,11 +24,8 @@ def main(me: Identity, spec: ApplianceConfig) -> int:
         message = status.publish(ApplianceStatus(ready))
         log.info("%s %s (seq %d)", spec.name, "ready" if ready else "idle", message.seq)
 
-    def on_light(message: Message, light: LightState) -> None:
+    def follow(was_on: bool) -> None:
         nonlocal preparing
-        log.info("%s received '%s is %s' from %s.", spec.name, message.topic, light.state, message.topic)
-        was_on = any(lights.values())
-        lights[message.sender] = light.state == "ON"
         if any(lights.values()) == was_on:
             return  # no change (e.g. a restarted switch announcing the same state)
         if preparing:
@@ -40,6 +37,17 @@ def main(me: Identity, spec: ApplianceConfig) -> int:
         else:
             report(False)
 
+    def on_light(message: Message, light: LightState) -> None:
+        log.info("%s received '%s is %s' from %s.", spec.name, message.topic, light.state, message.topic)
+        was_on = any(lights.values())
+        lights[message.sender] = light.state == "ON"
+        follow(was_on)
+
+    def on_gone(sender: str) -> None:  # a switch that is gone keeps no light on
+        was_on = any(lights.values())
+        lights.pop(sender, None)
+        follow(was_on)
+
     report(False)  # the current state, re-sent to every subscriber that joins
-    loop.subscribe(spec.subscribe, LightState, on_light)
+    loop.subscribe(spec.subscribe, LightState, on_light, on_gone)
     return loop.run()

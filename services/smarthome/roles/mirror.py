@@ -33,15 +33,23 @@ def main(me: Identity, spec: MirrorConfig) -> int:
                 shown[label] = "ready" if view[topic, sender] else "idle"
         return shown
 
-    def on_status(message: Message, status: ApplianceStatus) -> None:
+    def show() -> None:
         nonlocal shown
-        log.info("Topic: %s => %s", display[message.topic], json.dumps(message.body))
-        view[message.topic, message.sender] = status.status
         if (now := labelled()) != shown:
             shown = now
             log.info("%s %s", spec.name, " ".join(f"{label}={state}" for label, state in now.items()))
             if publisher:
                 publisher.publish(MirrorView(now))
 
-    loop.subscribe(spec.subscribe, ApplianceStatus, on_status)
+    def on_status(message: Message, status: ApplianceStatus) -> None:
+        log.info("Topic: %s => %s", display[message.topic], json.dumps(message.body))
+        view[message.topic, message.sender] = status.status
+        show()
+
+    def on_gone(sender: str) -> None:  # a crashed, recreated or scaled-down instance: no ghost on the mirror
+        for key in [key for key in view if key[1] == sender]:
+            del view[key]
+        show()
+
+    loop.subscribe(spec.subscribe, ApplianceStatus, on_status, on_gone)
     return loop.run()

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from smarthome.core.config import LOOPBACK_ENV, WebConfig
 from smarthome.core.envelope import HEARTBEAT_TOPIC, LightState, Message
 from smarthome.core.identity import HEALTH_TOUCH_EVERY, Identity
-from smarthome.core.messaging import Inbox, Outbox, Subscription
+from smarthome.core.messaging import MAX_SENDERS, Inbox, Outbox, Subscription
 from smarthome.core.sockets import Handler, Sockets
 
 log = logging.getLogger(__name__)
@@ -63,11 +62,10 @@ class Forwarder:
         self.spec = spec
         self.browsers: set[Browser] = set()
         self.latest: dict[tuple[str, str], str] = {}  # (topic, sender) -> last event: a new page starts complete
-        self.last_seen: dict[str, float] = {}  # sender -> monotonic time of its last message
-        self.online: dict[str, bool] = {}
+        self.online: dict[str, bool] = {}  # sender -> shown online; gone senders stay, shown offline
         self.commands = Outbox(me, spec.commands.topic)  # what the light button publishes, and who listens
         self.events = Outbox(me, "presence")  # the forwarder's own events to browsers: presence, error
-        self.inbox = Inbox(spec.name, spec.subscribe.topics, None)
+        self.inbox = Inbox(spec.name, spec.subscribe.topics, None, me.config.gone_after)
         self.tasks: set[asyncio.Task[None]] = set()
         self.done = asyncio.Event()  # set by SIGTERM/SIGINT, or by a background task that died
         self.failed = False
@@ -78,11 +76,13 @@ class Forwarder:
         """Open the zmq sockets on this event loop and start the background tasks."""
         self.context = zmq.asyncio.Context()
         sockets = Sockets(self.context, self.me, self.watch)
-        self.watch(sockets.subscriber(self.spec.subscribe), self.on_frames)
+        self.inbox.sock = sockets.subscriber(self.spec.subscribe, self.inbox.subscriptions)
+        self.watch(self.inbox.sock, self.on_frames)
         # XPUB_VERBOSER: every subscribe and unsubscribe, so we know whether a light switch listens right now.
         self.commands_sock = sockets.publisher(self.spec.commands, xpub_verboser=True)
         self.watch(self.commands_sock, self.on_command_subscription)
         self.spawn(self.repeat(self.me.config.heartbeat_interval, self.check_presence))
+        self.spawn(self.repeat(self.me.config.heartbeat_interval, self.heartbeat))
         self.spawn(self.repeat(HEALTH_TOUCH_EVERY, self.me.health.touch))
         self.me.health.touch()
 
@@ -121,11 +121,12 @@ class Forwarder:
             callback()
 
     def on_frames(self, frames: list[bytes]) -> None:
+        gaps = self.inbox.gaps
         accepted = self.inbox.accept(frames)
         if not accepted:
             return
         message, _ = accepted
-        self.seen(message.sender)
+        self.seen(message.sender, counted_a_gap=self.inbox.gaps != gaps)
         if message.topic != HEARTBEAT_TOPIC:  # heartbeats only feed presence
             self.send_all(message)
 
@@ -133,19 +134,30 @@ class Forwarder:
         if subscription := Subscription.parse(frames):
             self.commands.heard(subscription)
 
-    def seen(self, sender: str) -> None:
-        self.last_seen[sender] = time.monotonic()
-        if not self.online.get(sender):
+    def heartbeat(self) -> None:
+        self.commands_sock.send_multipart(self.commands.heartbeat())  # like every publisher: alive, and its seq
+
+    def seen(self, sender: str, counted_a_gap: bool) -> None:
+        if counted_a_gap or not self.online.get(sender):
             self.online[sender] = True
-            self.send_all(self.events.message({"sender": sender, "online": True}))
+            self.send_all(self.presence(sender))
 
     def check_presence(self) -> None:
-        deadline = time.monotonic() - self.me.config.heartbeat_interval * self.spec.offline_after
-        for sender, seen in self.last_seen.items():
-            if self.online[sender] and seen < deadline:
-                self.online[sender] = False
-                log.info("%s %s is offline", self.spec.name, sender)
-                self.send_all(self.events.message({"sender": sender, "online": False}))
+        for sender in self.inbox.expire():
+            self.online[sender] = False
+            log.info("%s %s is offline", self.spec.name, sender)
+            self.send_all(self.presence(sender))
+        while len(self.online) > MAX_SENDERS:  # gone senders are kept (shown offline), but not without bound
+            self.forget(next(sender for sender, online in self.online.items() if not online))
+
+    def forget(self, sender: str) -> None:
+        del self.online[sender]
+        for key in [key for key in self.latest if key[1] == sender]:
+            del self.latest[key]
+
+    def presence(self, sender: str) -> Message:
+        missed = self.inbox.missed.get(sender, 0)
+        return self.events.message({"sender": sender, "online": self.online[sender], "missed": missed})
 
     # --- browser side -----------------------------------------------------------------------------------
 
@@ -183,8 +195,8 @@ class Forwarder:
         for (topic, _), text in list(self.latest.items()):  # what a page needs to draw the current state
             if browser.wants(topic):
                 self.offer(browser, text)
-        for sender, online in self.online.items():
-            self.offer(browser, as_json(self.events.message({"sender": sender, "online": online})))
+        for sender in self.online:
+            self.offer(browser, as_json(self.presence(sender)))
         writer = asyncio.create_task(self.write(browser))
         try:
             async for frame in ws:
@@ -243,7 +255,8 @@ def make_app(me: Identity, spec: WebConfig) -> web.Application:
                 await browser.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "browsers": len(forwarder.browsers)})
+        missed = forwarder.inbox.missed  # per sender: messages the forwarder never got (see Inbox)
+        return web.json_response({"ok": True, "browsers": len(forwarder.browsers), "missed": missed})
 
     app.cleanup_ctx.append(zmq_sockets)
     app.on_shutdown.append(going_away)

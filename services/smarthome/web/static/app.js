@@ -38,13 +38,14 @@ function card(sender, topic) {
   return cards.get(sender);
 }
 
-function setOnline(sender, online) {
+function setOnline(sender, online, missed) {
   const entry = cards.get(sender);
   if (!entry) return;
   entry.online = online;
   entry.element.classList.toggle("offline", !online);
   const badge = entry.element.querySelector(".badge");
-  badge.textContent = online ? "online" : "offline";
+  badge.textContent = (online ? "online" : "offline") + (missed ? ` · ${missed} missed` : "");
+  entry.element.dataset.missed = String(missed || 0);
   badge.classList.toggle("offline", !online);
   entry.element.dataset.online = String(online);
 }
@@ -93,7 +94,7 @@ function connect() {
   socket.onmessage = (message) => {
     const event = JSON.parse(message.data);
     log(event);
-    if (event.topic === "presence") setOnline(event.body.sender, event.body.online);
+    if (event.topic === "presence") setOnline(event.body.sender, event.body.online, event.body.missed);
     else if (event.topic === "error") status.textContent = `error: ${event.body.error}`;
     else if (describe[event.topic]) show(event);
   };

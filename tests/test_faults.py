@@ -1,0 +1,112 @@
+"""Faults on real local processes: crashes, frozen peers, lost messages (fast tier, no Docker).
+
+Heartbeats carry the sender's seq without consuming one, so gaps are exact; a sender that stops
+heartbeating is forgotten (no ghosts); ZMTP heartbeats drop a connection to a frozen peer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import zmq
+from support import ALL_READY, BROKER_CONFIG, ServiceProcess, endpoint, loopback_config, wait_until
+
+Start = Callable[..., ServiceProcess]
+FAST = {"heartbeat_interval": 0.2, "offline_after": 3, "zmtp.heartbeat_ivl": 0.2, "zmtp.heartbeat_timeout": 0.6}
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    return loopback_config(tmp_path, **FAST, **{"services.coffee-maker.prep_time": 0, "services.toaster.prep_time": 0})
+
+
+def instance(name: str) -> dict[str, str]:
+    """Two instances of one service on one host differ only by this (in containers: the hostname)."""
+    return {"SMARTHOME_INSTANCE": name}
+
+
+def test_heartbeats_carry_the_seq_without_consuming_one(config: Path, run_service: Start) -> None:
+    switch = run_service("light-switch", config)
+    switch.wait_for("started")
+    context = zmq.Context()
+    try:
+        sub = context.socket(zmq.SUB)
+        sub.linger = 0
+        for topic in (b"light", b"heartbeat"):
+            sub.subscribe(topic)
+        sub.connect(endpoint(config, "light-switch"))
+        seen: list[tuple[str, int]] = []
+        while len([t for t, _ in seen if t == "heartbeat"]) < 3:  # bounded: each wait has a deadline
+            wait_until(lambda: sub.poll(100), "a message from the switch", describe=switch.output)
+            topic, body = sub.recv_multipart()
+            seen.append((topic.decode(), json.loads(body)["seq"]))
+        assert ("light", 1) in seen
+        assert {seq for topic, seq in seen if topic == "heartbeat"} == {1}  # 'newest is 1', again and again
+    finally:
+        context.destroy(linger=0)
+
+
+def test_a_killed_instance_is_forgotten_and_the_mirror_shows_only_the_live_ones(
+    tmp_path: Path, run_service: Start
+) -> None:
+    config = loopback_config(tmp_path, BROKER_CONFIG, **FAST, **{"services.toaster.prep_time": 0})
+    for name in ("broker", "light-switch", "coffee-maker"):
+        run_service(name, config)
+    run_service("toaster", config, env=instance("a"))
+    doomed = run_service("toaster", config, env=instance("b"))
+    mirror = run_service("smart-mirror", config)
+    wait_until(
+        lambda: mirror.last("MIRROR coffee=") == "MIRROR coffee=ready toast@a=ready toast@b=ready",
+        "the mirror to show both toasters",
+        describe=mirror.output,
+    )
+    doomed.proc.send_signal(signal.SIGKILL)  # no goodbye: only its silence tells
+    mirror.wait_for("MIRROR forgot toaster@b: no heartbeat")
+    wait_until(lambda: mirror.last("MIRROR coffee=") == ALL_READY, "the ghost to go", describe=mirror.output)
+
+    run_service("toaster", config, env=instance("c"))  # a recreated instance comes back under a new name
+    wait_until(
+        lambda: mirror.last("MIRROR coffee=") == "MIRROR coffee=ready toast@a=ready toast@c=ready",
+        "the mirror to show the new toaster",
+        describe=mirror.output,
+    )
+
+
+def test_a_frozen_publisher_is_detected_by_zmtp_heartbeats_and_found_again(config: Path, run_service: Start) -> None:
+    switch = run_service("light-switch", config)
+    coffee = run_service("coffee-maker", config)
+    coffee.wait_for("COFFEE MAKER received 'light is ON' from light.")
+    os.kill(switch.proc.pid, signal.SIGSTOP)  # its TCP connections stay open: no FIN, no RST
+    try:
+        coffee.wait_for("COFFEE MAKER lost tcp://")  # only the missing ZMTP pongs can tell
+        coffee.wait_for("COFFEE MAKER forgot light-switch@")  # and its app heartbeats stopped: no light is on
+        coffee.wait_for("COFFEE MAKER idle", times=2)
+    finally:
+        os.kill(switch.proc.pid, signal.SIGCONT)
+    coffee.wait_for("COFFEE MAKER received 'light is ON' from light.", times=2)  # reconnected, state re-sent
+    coffee.wait_for("COFFEE MAKER ready", times=2)
+
+
+def test_a_frozen_subscriber_counts_what_it_missed_and_catches_up(tmp_path: Path, run_service: Start) -> None:
+    config = loopback_config(tmp_path, **FAST, **{"services.light-switch.toggle_period": 0.05})
+    switch = run_service("light-switch", config)
+    coffee = run_service("coffee-maker", config)
+    coffee.wait_for("COFFEE MAKER received 'light is OFF'")
+    published = switch.count("published")
+    os.kill(coffee.proc.pid, signal.SIGSTOP)
+    try:
+        # Well past the ZMTP timeout the switch has dropped the frozen peer, and what it sends meanwhile is lost.
+        switch.wait_for("published", times=published + 100)
+    finally:
+        os.kill(coffee.proc.pid, signal.SIGCONT)
+    coffee.wait_for("COFFEE MAKER missed")
+    line = coffee.last("COFFEE MAKER missed")
+    assert line.endswith(f"messages from light-switch@{socket.gethostname()}"), line
+    received = coffee.count("received 'light is")
+    coffee.wait_for("received 'light is", times=received + 3)  # and it follows the switch again
