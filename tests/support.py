@@ -23,6 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / "config" / "smarthome.yml"
 BROKER_CONFIG = ROOT / "config" / "smarthome.broker.yml"
+BROKER_FILES = ("docker-compose.yml", "docker-compose.broker.yml")  # the broker wiring's compose files
 DEADLINE = 15.0  # seconds any awaited condition may take before a test fails
 COMPOSE_TIMEOUT = 300  # seconds for one compose command (a first build installs dependencies)
 ALL_READY = "MIRROR coffee=ready toast=ready"
@@ -218,6 +219,10 @@ class Stack:
             labels.append(f"com.docker.compose.service={service}")
         return self.engine.containers.list(all=True, filters={"label": labels})
 
+    def network(self, name: str) -> Any:
+        """One of the project's compose networks."""
+        return self.engine.networks.get(f"{self.project}_{name}")
+
     def logs(self, service: str) -> ServiceLogs:
         return ServiceLogs(self, service)
 
@@ -254,3 +259,15 @@ class ServiceLogs(LogReader):
 
     def output(self) -> str:
         return self.stack.all_logs()
+
+
+def mirror_view(stack: Stack) -> dict[str, str]:
+    """The mirror's latest summary as {label: state}, e.g. {"coffee": "ready", "toast@1a2b3c4d5e6f": "idle"}."""
+    line = stack.logs("smart-mirror").last("MIRROR coffee")
+    return dict(part.split("=") for part in line.split()[1:])
+
+
+def mirror_shows(stack: Stack, state: str, toasters: int) -> bool:
+    """Whether the mirror shows everything in `state`, with `toasters` toaster instances (0: one, unlabelled)."""
+    view = mirror_view(stack)
+    return sum(label.startswith("toast@") for label in view) == toasters and set(view.values()) == {state}

@@ -14,24 +14,45 @@ def test_round_trip() -> None:
 
 
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
-    frames = [b"light", b'{"sender":"s","boot":1,"seq":1,"ts":0,"body":{},"new":1}']
+    frames = [b"light", b'{"sender":"s@h","boot":1,"seq":1,"ts":0,"body":{},"new":1}']
     assert decode(frames).seq == 1
 
 
-GOOD = b'{"sender":"s","boot":1,"seq":1,"ts":0.5,"body":{"state":"ON"}}'
+GOOD = b'{"sender":"s@h","boot":1,"seq":1,"ts":0.5,"body":{"state":"ON"}}'
 REJECTED = {
     "one frame": ([b"light"], "expected 2 frames [topic, json], got 1"),
     "three frames": ([b"light", GOOD, b"x"], "expected 2 frames [topic, json], got 3"),
-    "topic not UTF-8": ([b"\xff", GOOD], "topic frame is not UTF-8"),
+    "topic not UTF-8": ([b"\xff", GOOD], "not a topic name: '\ufffd'"),
+    "topic with a newline": ([b"light\nINFO forged", GOOD], "not a topic name: 'light\\nINFO forged'"),
+    "sender not service@instance": (
+        [b"light", b'{"sender":"x\\u001b[2J","boot":1,"seq":1,"ts":0,"body":{}}'],
+        "topic 'light': sender 'x\\x1b[2J' is not service@instance",
+    ),
+    "JSON nested too deeply": (  # msgspec raises RecursionError here, not a DecodeError
+        [b"light", b'{"sender":"s@h","boot":1,"seq":1,"ts":0,"body":{"a":' + b"[" * 5000 + b"]" * 5000 + b"}}"],
+        "topic 'light': JSON nested too deeply",
+    ),
+    "body nested too deeply": (
+        [b"light", b'{"sender":"s@h","boot":1,"seq":1,"ts":0,"body":{"a":' + b"[" * 20 + b"]" * 20 + b"}}"],
+        "topic 'light': body nested deeper than 8",
+    ),
+    "boot in the future": (
+        [b"light", b'{"sender":"s@h","boot":9223372036854775807,"seq":1,"ts":0,"body":{}}'],
+        "topic 'light': boot of s@h is in the future",
+    ),
+    "seq beyond 64 bits": (
+        [b"light", b'{"sender":"s@h","boot":1,"seq":18446744073709551616,"ts":0,"body":{}}'],
+        "topic 'light': expected 'int' <= 9223372036854775807 at 'seq'",
+    ),
     "not JSON": ([b"light", b"light is ON"], "topic 'light': not valid JSON"),
     "JSON not an object": ([b"light", b"[1, 2]"], "topic 'light': expected 'object', got 'array'"),
-    "missing field": ([b"light", b'{"sender":"s","boot":1,"ts":0,"body":{}}'], "topic 'light': missing key 'seq'"),
+    "missing field": ([b"light", b'{"sender":"s@h","boot":1,"ts":0,"body":{}}'], "topic 'light': missing key 'seq'"),
     "wrong type": (
-        [b"light", b'{"sender":"s","boot":1,"seq":"1","ts":0,"body":{}}'],
+        [b"light", b'{"sender":"s@h","boot":1,"seq":"1","ts":0,"body":{}}'],
         "topic 'light': expected 'int', got 'str' at 'seq'",
     ),
     "negative seq": (
-        [b"light", b'{"sender":"s","boot":1,"seq":-1,"ts":0,"body":{}}'],
+        [b"light", b'{"sender":"s@h","boot":1,"seq":-1,"ts":0,"body":{}}'],
         "topic 'light': expected 'int' >= 0 at 'seq'",
     ),
     "empty sender": (
@@ -39,7 +60,7 @@ REJECTED = {
         "topic 'light': expected 'str' of length >= 1 at 'sender'",
     ),
     "body not an object": (
-        [b"light", b'{"sender":"s","boot":1,"seq":1,"ts":0,"body":"ON"}'],
+        [b"light", b'{"sender":"s@h","boot":1,"seq":1,"ts":0,"body":"ON"}'],
         "topic 'light': expected 'object', got 'str' at 'body'",
     ),
 }

@@ -13,7 +13,7 @@ import json
 
 import aiohttp
 import pytest
-from support import ALL_READY, BROKER_CONFIG, Stack, smarthome, wait_until
+from support import ALL_READY, BROKER_CONFIG, BROKER_FILES, Stack, mirror_shows, smarthome, wait_until
 
 pytestmark = pytest.mark.docker
 
@@ -64,19 +64,7 @@ def test_any_start_order_converges(stack: Stack, order: list[str]) -> None:
     stack.stop_and_check_exit_codes()
 
 
-BROKER_FILES = ("docker-compose.yml", "docker-compose.broker.yml")
 DASHBOARD = "http://127.0.0.1:8080"
-
-
-def mirror_view(stack: Stack) -> dict[str, str]:
-    """The mirror's latest summary as {label: state}, e.g. {"coffee": "ready", "toast@1a2b3c4d5e6f": "idle"}."""
-    line = stack.logs("smart-mirror").last("MIRROR coffee")
-    return dict(part.split("=") for part in line.split()[1:])
-
-
-def mirror_shows(stack: Stack, state: str, toasters: int) -> bool:
-    view = mirror_view(stack)
-    return sum(label.startswith("toast@") for label in view) == toasters and set(view.values()) == {state}
 
 
 async def dashboard_senders(topic: str, count: int) -> set[str]:

@@ -11,6 +11,8 @@ Frame 2 is JSON: {"sender", "boot", "seq", "ts", "body"}
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -20,7 +22,11 @@ from smarthome.core.schema import explain
 HEARTBEAT_TOPIC = "heartbeat"  # every publisher's 'I am alive', once per heartbeat_interval
 
 Sender = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-Counter = Annotated[int, msgspec.Meta(ge=0)]
+SENDER = re.compile(r"^[A-Za-z0-9_.:+-]{1,100}@[A-Za-z0-9_.:+-]{1,100}$")  # service@instance, nothing to escape
+Counter = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+TOPIC = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+MAX_BODY_DEPTH = 8  # our bodies are flat; a deeper one is an attack on whoever walks it later
+MAX_CLOCK_SKEW_NS = 60 * 10**9  # a boot this far in the future would outrank the real sender's next boots
 
 
 class _Json(msgspec.Struct, frozen=True):
@@ -29,7 +35,7 @@ class _Json(msgspec.Struct, frozen=True):
     sender: Sender
     boot: Counter
     seq: Counter
-    ts: float
+    ts: Annotated[float, msgspec.Meta(ge=0, le=2**40)]  # finite: no NaN or infinity reaches a browser
     body: dict[str, Any]
 
 
@@ -66,7 +72,7 @@ def sender_of(payload: bytes) -> str | None:
     """Just the sender of frame 2 (cheap: the rest is skipped), or None if it has none."""
     try:
         return _sender_decoder.decode(payload).sender
-    except (msgspec.DecodeError, RecursionError):  # msgspec raises RecursionError on deeply nested JSON
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):  # deep JSON: RecursionError
         return None
 
 
@@ -79,10 +85,9 @@ def decode(frames: list[bytes]) -> Message:
     """The Message in `frames`, or EnvelopeError saying what is wrong with them."""
     if len(frames) != 2:
         raise EnvelopeError(f"expected 2 frames [topic, json], got {len(frames)}")
-    try:
-        topic = frames[0].decode()
-    except UnicodeDecodeError:
-        raise EnvelopeError("topic frame is not UTF-8") from None
+    topic = frames[0].decode(errors="replace")
+    if not TOPIC.match(topic):
+        raise EnvelopeError(f"not a topic name: {topic[:80]!r}")
     try:
         j = _decoder.decode(frames[1])
     except msgspec.ValidationError as exc:
@@ -90,7 +95,27 @@ def decode(frames: list[bytes]) -> Message:
         raise EnvelopeError(f"topic '{topic}': {problem}" + (f" at '{key}'" if key else "")) from None
     except msgspec.DecodeError as exc:
         raise EnvelopeError(f"topic '{topic}': not valid JSON ({exc})") from None
+    except RecursionError:
+        raise EnvelopeError(f"topic '{topic}': JSON nested too deeply") from None
+    if not SENDER.match(j.sender):
+        raise EnvelopeError(f"topic '{topic}': sender {j.sender[:80]!r} is not service@instance")
+    if not _shallow(j.body):
+        raise EnvelopeError(f"topic '{topic}': body nested deeper than {MAX_BODY_DEPTH}")
+    if j.boot > time.time_ns() + MAX_CLOCK_SKEW_NS:
+        raise EnvelopeError(f"topic '{topic}': boot of {j.sender} is in the future")
     return Message(topic, j.sender, j.boot, j.seq, j.ts, j.body)
+
+
+def _shallow(body: dict[str, Any]) -> bool:
+    """Whether no container in `body` is nested deeper than MAX_BODY_DEPTH (iterative: no recursion to exhaust)."""
+    pending: list[tuple[Any, int]] = [(body, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if depth > MAX_BODY_DEPTH:
+            return False
+        children = node.values() if isinstance(node, dict) else node
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return True
 
 
 # --- bodies: what frame 2's "body" holds, per kind of topic ---

@@ -15,6 +15,7 @@ import zmq
 from smarthome.core.envelope import HEARTBEAT_TOPIC, EnvelopeError, Message, decode, encode
 from smarthome.core.identity import Identity
 from smarthome.core.schema import explain
+from smarthome.core.sockets import warnings
 
 Body = TypeVar("Body", bound=msgspec.Struct)
 _MORE = int(zmq.SNDMORE)
@@ -129,7 +130,7 @@ class Inbox:
         try:
             message = decode(frames)
         except EnvelopeError as exc:
-            log.warning("%s dropped a malformed message: %s", self.label, exc)
+            warnings.warn("%s dropped a malformed message: %s", self.label, exc)
             return None
         if message.topic == HEARTBEAT_TOPIC:
             return self._heartbeat(message)
@@ -143,7 +144,7 @@ class Inbox:
         except msgspec.ValidationError as exc:
             problem, where = explain(exc)
             where = f" at 'body.{where}'" if where else " in 'body'"
-            log.warning("%s dropped a malformed message: topic '%s': %s%s", self.label, message.topic, problem, where)
+            warnings.warn("%s dropped a malformed message: topic '%s': %s%s", self.label, message.topic, problem, where)
             return None
         self._hear(message.sender)
         if stream is None or message.boot > stream.boot:  # a new sender, or a restarted one: its seq starts afresh
@@ -156,7 +157,7 @@ class Inbox:
     def _heartbeat(self, message: Message) -> tuple[Message, None] | None:
         topic = message.body.get("for")
         if not isinstance(topic, str):
-            log.warning("%s dropped a malformed heartbeat from %s: no 'for' topic", self.label, message.sender)
+            warnings.warn("%s dropped a malformed heartbeat from %s: no 'for' topic", self.label, message.sender)
             return None
         if self.wanted and topic not in self.wanted:
             return None

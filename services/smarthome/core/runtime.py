@@ -23,7 +23,7 @@ from smarthome.core.config import Publish, Subscribe
 from smarthome.core.envelope import HEARTBEAT_TOPIC, Message
 from smarthome.core.identity import HEALTH_TOUCH_EVERY, Identity
 from smarthome.core.messaging import Body, Inbox, Outbox, Subscription, send_frames
-from smarthome.core.sockets import Handler, Sockets
+from smarthome.core.sockets import Handler, Sockets, guarded
 
 DRAIN_LIMIT = 1000  # messages read from one socket per wakeup, so no socket starves the others
 log = logging.getLogger("smarthome")
@@ -61,13 +61,15 @@ class Loop:
         cannot starve the others or the timers.
         """
 
+        handle = guarded(self.me.label, handler)
+
         def drain() -> None:
             for _ in range(DRAIN_LIMIT):
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     return
-                handler(frames)
+                handle(frames)
 
         self.poller.register(sock, zmq.POLLIN)
         self._readers[sock] = drain

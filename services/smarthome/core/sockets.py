@@ -17,12 +17,27 @@ import zmq
 
 from smarthome.core.config import Publish, Subscribe
 from smarthome.core.identity import Identity
+from smarthome.core.logs import LimitedWarnings
 
 Handler = Callable[[list[bytes]], None]
 Watch = Callable[[zmq.Socket, Handler], None]  # how a loop calls `handler(frames)` for each message on a socket
 log = logging.getLogger("smarthome")
+warnings = LimitedWarnings(log)
 TCP_KEEPALIVE_IDLE = 10  # seconds of silence before the kernel probes a connection
 TCP_KEEPALIVE_INTVL = 2  # seconds between probes
+
+
+def guarded(label: str, handler: Handler) -> Handler:
+    """`handler` made total: whatever a message makes it raise, the message is dropped with one (rate-limited)
+    warning and the loop goes on. No input on any socket can stop a service."""
+
+    def guarded_handler(frames: list[bytes]) -> None:
+        try:
+            handler(frames)
+        except Exception as exc:  # the one place that catches everything: the reason is logged, never lost
+            warnings.warn("%s dropped a message it could not handle: %s: %s", label, type(exc).__name__, exc)
+
+    return guarded_handler
 
 
 class ConnectionLog:

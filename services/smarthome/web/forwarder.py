@@ -28,7 +28,7 @@ from smarthome.core.config import LOOPBACK_ENV, WebConfig
 from smarthome.core.envelope import HEARTBEAT_TOPIC, LightState, Message
 from smarthome.core.identity import HEALTH_TOUCH_EVERY, Identity
 from smarthome.core.messaging import MAX_SENDERS, Inbox, Outbox, Subscription
-from smarthome.core.sockets import Handler, Sockets
+from smarthome.core.sockets import Handler, Sockets, guarded
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -108,9 +108,11 @@ class Forwarder:
     def watch(self, sock: zmq.asyncio.Socket, handler: Handler) -> None:
         """How the socket factory reads a socket on this loop: handler(frames) for each message."""
 
+        handle = guarded(self.spec.name, handler)
+
         async def read() -> None:
             while True:
-                handler(await sock.recv_multipart())
+                handle(await sock.recv_multipart())
 
         self.spawn(read())
 
@@ -232,7 +234,8 @@ class Forwarder:
 
 
 def as_json(message: Message) -> str:
-    return json.dumps({k: getattr(message, k) for k in ("topic", "sender", "seq", "ts", "body")})
+    # allow_nan=False: a browser's JSON.parse cannot read Infinity or NaN, so such a message is dropped here.
+    return json.dumps({k: getattr(message, k) for k in ("topic", "sender", "seq", "ts", "body")}, allow_nan=False)
 
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
