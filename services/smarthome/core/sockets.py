@@ -23,6 +23,7 @@ Handler = Callable[[list[bytes]], None]
 Watch = Callable[[zmq.Socket, Handler], None]  # how a loop calls `handler(frames)` for each message on a socket
 log = logging.getLogger("smarthome")
 warnings = LimitedWarnings(log)
+SUBSCRIPTION_MAX_BYTES = 1024  # above libzmq's 0-275 range that breaks the handshake (libzmq #4436)
 TCP_KEEPALIVE_IDLE = 10  # seconds of silence before the kernel probes a connection
 TCP_KEEPALIVE_INTVL = 2  # seconds between probes
 
@@ -87,7 +88,8 @@ class Sockets:
         """
         sock = self.context.socket(kind)
         sock.linger = 0
-        sock.maxmsgsize = self.me.config.max_message_bytes  # a peer sending more is disconnected
+        # A peer sending more is disconnected. Into an XPUB come only subscriptions: a topic name and a byte.
+        sock.maxmsgsize = SUBSCRIPTION_MAX_BYTES if kind == zmq.XPUB else self.me.config.max_message_bytes
         zmtp = self.me.config.zmtp
         sock.heartbeat_ivl = int(zmtp.heartbeat_ivl * 1000)
         sock.heartbeat_timeout = int(zmtp.heartbeat_timeout * 1000)
@@ -112,10 +114,13 @@ class Sockets:
             sock.connect(endpoint)
         return sock
 
-    def publisher(self, spec: Publish, **options: Any) -> zmq.Socket:
-        """An XPUB for `spec` that hands up every subscription, so the publisher can answer late joiners."""
-        options.setdefault("xpub_verbose", True)
-        return self.make(zmq.XPUB, bind=spec.bind, connect=[spec.connect] if spec.connect else (), **options)
+    def publisher(self, spec: Publish) -> zmq.Socket:
+        """An XPUB for `spec` that hands up every subscription, so the publisher can answer late joiners.
+
+        XPUB_VERBOSE, not VERBOSER: an unsubscribe is handed up only when no peer holds that subscription any
+        more (libzmq tracks them per peer), so a peer cannot take back what others gave.
+        """
+        return self.make(zmq.XPUB, bind=spec.bind, connect=[spec.connect] if spec.connect else (), xpub_verbose=True)
 
     def subscriber(self, spec: Subscribe, topics: Iterable[str] | None = None) -> zmq.Socket:
         """A SUB for `spec`, subscribed to `topics` (default: spec.topics)."""

@@ -7,6 +7,7 @@ subscribe and unsubscribe. Both sockets live on the one loop; neither is touched
 """
 
 import logging
+import re
 import time
 from collections import OrderedDict
 
@@ -20,18 +21,25 @@ from smarthome.core.runtime import Loop
 
 log = logging.getLogger(__name__)
 LAST_VALUES_MAX = 10_000  # (topic, sender) pairs remembered; the least recently updated is forgotten first
+LAST_VALUES_MAX_BYTES = 16 << 20  # and no more bytes than this
+UPSTREAM_MAX = 1_000  # distinct subscriptions passed on to the publishers; beyond it they are refused
 HEARTBEAT = HEARTBEAT_TOPIC.encode()
+TOPIC_PREFIX = re.compile(rb"^([a-z][a-z0-9_-]{0,63})?$")  # a subscription is a prefix of a topic name, or
 
 
 def main(me: Identity, spec: BrokerConfig) -> int:
     loop = Loop(me)
     from_publishers = loop.sockets.make(zmq.XSUB, bind=spec.publishers)
-    # Hand us every subscribe and every unsubscribe, repeats included.
-    to_subscribers = loop.sockets.make(zmq.XPUB, bind=spec.subscribers, xpub_verboser=True)
+    # Every subscribe, repeats included (each new subscriber gets the last values), and an unsubscribe only
+    # once no subscriber holds it any more: libzmq tracks them per peer, so nobody takes back another's.
+    to_subscribers = loop.sockets.make(zmq.XPUB, bind=spec.subscribers, xpub_verbose=True)
     last_values: OrderedDict[tuple[bytes, str], list[bytes]] = OrderedDict()
+    cached_bytes = 0
     heard: OrderedDict[str, float] = OrderedDict()  # sender -> when last heard, least recent first
+    upstream: set[bytes] = set()  # subscriptions the publishers have from us
 
     def forward(frames: list[bytes]) -> None:
+        nonlocal cached_bytes
         send_frames(to_subscribers, frames)
         sender = sender_of(frames[-1]) if len(frames) == 2 else None
         if sender is None:
@@ -43,15 +51,21 @@ def main(me: Identity, spec: BrokerConfig) -> int:
         if frames[0] == HEARTBEAT:
             return  # "alive now" is not state: a late subscriber must not take it for a live sender
         key = (frames[0], sender)
+        uncache(key)
         last_values[key] = frames
-        last_values.move_to_end(key)
-        if len(last_values) > LAST_VALUES_MAX:
-            last_values.popitem(last=False)
+        cached_bytes += len(frames[0]) + len(frames[1])
+        while len(last_values) > LAST_VALUES_MAX or cached_bytes > LAST_VALUES_MAX_BYTES:
+            uncache(next(iter(last_values)))
+
+    def uncache(key: tuple[bytes, str]) -> None:
+        nonlocal cached_bytes
+        if frames := last_values.pop(key, None):
+            cached_bytes -= len(frames[0]) + len(frames[1])
 
     def forget(sender: str) -> None:
         heard.pop(sender, None)
         for key in [key for key in last_values if key[1] == sender]:
-            del last_values[key]
+            uncache(key)
 
     def expire() -> None:
         deadline = time.monotonic() - me.config.gone_after
@@ -61,11 +75,19 @@ def main(me: Identity, spec: BrokerConfig) -> int:
 
     def on_subscription(frames: list[bytes]) -> None:
         subscription = Subscription.parse(frames)
-        if not subscription:
-            return  # XPUB peers have nothing else to say
-        from_publishers.send(frames[0])  # upstream too: publishers re-send their own state
-        shown = f"'{subscription.prefix.decode(errors='replace')}'" if subscription.prefix else "all topics"
+        if not subscription or not TOPIC_PREFIX.match(subscription.prefix):
+            return  # XPUB peers have nothing else to say, and no topic looks like this
+        prefix = subscription.prefix
+        shown = f"'{prefix.decode()}'" if prefix else "all topics"
         log.info("%s %s %s", spec.name, "subscribe" if subscription.on else "unsubscribe", shown)
+        # Upstream, only the first subscribe and the last unsubscribe: the XSUB counts what it is sent, and
+        # a publisher learns of a new subscriber anyway, from the last values we hand out below.
+        if subscription.on and prefix not in upstream and len(upstream) < UPSTREAM_MAX:
+            upstream.add(prefix)
+            from_publishers.send(frames[0])  # publishers re-send their state: how an empty cache fills
+        elif not subscription.on and prefix in upstream:
+            upstream.discard(prefix)
+            from_publishers.send(frames[0])
         if subscription.on:
             for (topic, _), last in list(last_values.items()):
                 if topic.startswith(subscription.prefix):

@@ -78,8 +78,8 @@ class Forwarder:
         sockets = Sockets(self.context, self.me, self.watch)
         self.inbox.sock = sockets.subscriber(self.spec.subscribe, self.inbox.subscriptions)
         self.watch(self.inbox.sock, self.on_frames)
-        # XPUB_VERBOSER: every subscribe and unsubscribe, so we know whether a light switch listens right now.
-        self.commands_sock = sockets.publisher(self.spec.commands, xpub_verboser=True)
+        # Its subscription events tell whether a light switch listens right now.
+        self.commands_sock = sockets.publisher(self.spec.commands)
         self.watch(self.commands_sock, self.on_command_subscription)
         self.spawn(self.repeat(self.me.config.heartbeat_interval, self.check_presence))
         self.spawn(self.repeat(self.me.config.heartbeat_interval, self.heartbeat))
