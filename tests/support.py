@@ -14,11 +14,13 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import docker
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    import docker
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / "config" / "smarthome.yml"
@@ -28,6 +30,7 @@ DEADLINE = 15.0  # seconds any awaited condition may take before a test fails
 COMPOSE_TIMEOUT = 300  # seconds for one compose command (a first build installs dependencies)
 ALL_READY = "MIRROR coffee=ready toast=ready"
 ALL_IDLE = "MIRROR coffee=idle toast=idle"
+SMARTHOME = str(Path(sys.executable).with_name("smarthome"))  # the command `pip install` made, next to python
 
 
 def unavailable(message: str) -> None:
@@ -123,8 +126,8 @@ def smarthome_env(config: Path) -> dict[str, str]:
 
 
 def smarthome(config: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run a `smarthome` command to completion."""
-    command = [sys.executable, "-m", "smarthome", *args]
+    """Run the installed `smarthome` command to completion."""
+    command = [SMARTHOME, *args]
     return subprocess.run(command, env=smarthome_env(config), capture_output=True, text=True, timeout=timeout)
 
 

@@ -1,4 +1,4 @@
-"""Broker wiring and the host-side tools, over real sockets on loopback (no Docker)."""
+"""Broker wiring over real sockets on loopback (no Docker); the host-side tools are in test_cli.py."""
 
 from __future__ import annotations
 
@@ -14,14 +14,12 @@ import yaml
 import zmq
 from smarthome.core.envelope import Message, encode
 from support import (
-    ALL_IDLE,
     ALL_READY,
     BROKER_CONFIG,
     DEADLINE,
     ServiceProcess,
     endpoint,
     loopback_config,
-    smarthome,
     wait_until,
     wait_until_async,
 )
@@ -102,75 +100,6 @@ def test_the_broker_hands_the_last_value_to_late_subscribers(
 
     late.close()
     broker.wait_for("BROKER unsubscribe 'toast'")
-
-
-def test_host_tools_switch_the_light_and_see_the_stream(config: Path, run_service: Start) -> None:
-    services = {name: run_service(name, config) for name in ROUTINE}
-    mirror = services["smart-mirror"]
-    mirror.wait_for(ALL_READY)
-
-    watcher = run_service("sub", config, "sub", "coffee", "toast", "--count", "4", "--timeout", "30")
-    watcher.wait_for('{"status": true}', times=2)  # the current states, handed to a newcomer
-    off = smarthome(config, "light", "off")
-    assert (off.returncode, off.stderr) == (0, "")
-    mirror.wait_for(ALL_IDLE)
-    services["radio"].wait_for("RADIO silent")
-    assert watcher.wait_exit() == 0  # after its 4 messages
-    topics = sorted(line.split()[0] for line in watcher.lines)
-    assert topics == ["coffee", "coffee", "toast", "toast"]
-    assert [json.loads(line.split(" ", 3)[3]) for line in watcher.lines[2:]] == [{"status": False}] * 2
-
-    assert smarthome(config, "light", "on").returncode == 0
-    mirror.wait_for(ALL_READY, times=2)
-    published = smarthome(config, "pub", "toast", '{"status": false}')
-    assert published.returncode == 0
-    mirror.wait_for("toast@")  # a second 'toast' sender appeared: the tool's own message
-
-
-def test_direct_wiring_takes_light_commands_too(tmp_path: Path, run_service: Start) -> None:
-    config = loopback_config(tmp_path, **{"services.coffee-maker.prep_time": 0, "services.toaster.prep_time": 0})
-    services = {name: run_service(name, config) for name in ("light-switch", "coffee-maker", "toaster", "smart-mirror")}
-    services["smart-mirror"].wait_for(ALL_READY)
-    assert smarthome(config, "light", "off").returncode == 0
-    services["light-switch"].wait_for("LIGHT SWITCH switched OFF by smarthome-cli@")
-    services["smart-mirror"].wait_for(ALL_IDLE)
-    sub = smarthome(config, "sub", "light", "--count", "1", "--timeout", "10")
-    assert sub.returncode == 0
-    topic, sender, seq, body = sub.stdout.strip().split(" ", 3)
-    assert (topic, sender.split("@")[0], seq, json.loads(body)) == ("light", "light-switch", "2", {"state": "OFF"})
-
-
-BAD_ARGUMENTS = {
-    "invalid JSON": (["pub", "light-set", '{"state": '], 1, "smarthome: invalid JSON body: Expecting value"),
-    "JSON not an object": (["pub", "light-set", "[1]"], 1, "smarthome: the body must be a JSON object, got: [1]"),
-    "unknown topic": (["pub", "lamp", "{}"], 1, "smarthome: unknown topic 'lamp' (known: coffee, light, light-set"),
-    "unknown sub topic": (["sub", "lamp"], 1, "smarthome: unknown topic 'lamp'"),
-    "nobody there": (
-        ["pub", "light-set", '{"state": "ON"}', "--timeout", "0.5"],
-        1,
-        "smarthome: nothing at tcp://127.0.0.1:",
-    ),
-    "bad light state": (["light", "dim"], 2, "smarthome light: error: argument state: invalid choice: 'dim'"),
-    "missing argument": (["pub", "light-set"], 2, "smarthome pub: error: the following arguments are required: JSON"),
-}
-
-
-@pytest.mark.parametrize("case", BAD_ARGUMENTS, ids=list(BAD_ARGUMENTS))
-def test_bad_arguments_give_one_line_and_a_nonzero_exit(config: Path, case: str) -> None:
-    args, code, message = BAD_ARGUMENTS[case]
-    result = smarthome(config, *args)
-    assert result.returncode == code
-    assert result.stdout == ""
-    assert len(result.stderr.splitlines()) == 1, result.stderr
-    assert result.stderr.startswith(message), result.stderr
-
-
-def test_pub_in_direct_wiring_says_where_it_cannot_publish(tmp_path: Path) -> None:
-    result = smarthome(loopback_config(tmp_path), "pub", "coffee", "{}")
-    assert result.returncode == 1
-    assert result.stderr.strip() == (
-        "smarthome: in this wiring nothing accepts messages on 'coffee' from outside; use the broker wiring"
-    )
 
 
 async def test_the_dashboard_knows_when_no_light_switch_listens_through_the_broker(

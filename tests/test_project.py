@@ -15,10 +15,11 @@ def readme_commands() -> list[str]:
 
 
 def test_ci_runs_the_readme_test_command() -> None:
-    start, test = readme_commands()
+    start, test, fast = readme_commands()
     assert start == "docker compose up --build"
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert test in ci_lines
+    assert fast == "bash .ci/test-fast"  # the fast tier without root; test_cli checks it collects without Docker
 
 
 class ComposeLoader(yaml.SafeLoader):

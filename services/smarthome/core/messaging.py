@@ -124,7 +124,7 @@ class Inbox:
     @property
     def subscriptions(self) -> list[str]:
         """The topics to subscribe to: the wanted ones and their publishers' heartbeats (none given: all)."""
-        return [*sorted(self.wanted), HEARTBEAT_TOPIC] if self.wanted else []
+        return sorted({*self.wanted, HEARTBEAT_TOPIC}) if self.wanted else []
 
     def accept(self, frames: list[bytes]) -> tuple[Message, Any] | None:
         try:
@@ -159,7 +159,7 @@ class Inbox:
         if not isinstance(topic, str):
             warnings.warn("%s dropped a malformed heartbeat from %s: no 'for' topic", self.label, message.sender)
             return None
-        if self.wanted and topic not in self.wanted:
+        if self.wanted and topic not in self.wanted and HEARTBEAT_TOPIC not in self.wanted:
             return None
         self._hear(message.sender)
         stream = self.streams[message.sender].get(topic)

@@ -86,14 +86,17 @@ class Loop:
     ) -> Inbox:
         """Receive `spec.topics` (all if empty) with bodies validated as `body_type` (None: any JSON object).
 
-        Only new, valid messages reach `handler` (see Inbox); heartbeats are heard here and never reach it.
+        Only new, valid messages reach `handler` (see Inbox); heartbeats are heard here, and reach it only when
+        `spec.topics` asks for them (or is empty: everything).
         `on_gone(sender)` is called for a sender that stopped heartbeating: its state must not linger as alive.
         """
         inbox = Inbox(self.me.label, spec.topics, body_type, self.me.config.gone_after)
         inbox.sock = self.sockets.subscriber(spec, inbox.subscriptions)
 
+        heartbeats = not spec.topics or HEARTBEAT_TOPIC in spec.topics  # to the handler only if it asked
+
         def on_frames(frames: list[bytes]) -> None:
-            if (accepted := inbox.accept(frames)) and accepted[0].topic != HEARTBEAT_TOPIC:
+            if (accepted := inbox.accept(frames)) and (heartbeats or accepted[0].topic != HEARTBEAT_TOPIC):
                 handler(*accepted)
 
         def expire() -> None:

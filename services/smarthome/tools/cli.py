@@ -3,41 +3,129 @@
 They read the same config as the services and reach them on 127.0.0.1 (local mode, or the ports compose
 publishes on loopback). In broker wiring they talk to the broker; in direct wiring `sub` connects to every
 publisher and `pub` can reach only a service that binds a subscriber (the light switch's commands).
+
+Which config: --config, else $SMARTHOME_CONFIG, else the config in $SMARTHOME_CONFIG_DIR (the shipped
+`config/` by default, the directory compose mounts) whose stack answers on this host, else `smarthome.yml`.
+Compose publishes container port N on host port $SMARTHOME_HOST_PORT_N (default N); the tools read the
+same variables, so they reach the stack those variables started.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import sys
+import sysconfig
+from pathlib import Path
 
-from smarthome.core.config import Config, LightSwitchConfig, Publish, Subscribe, to_loopback
-from smarthome.core.envelope import LightState, Message
+import msgspec
+
+from smarthome.core.config import (
+    ApplianceConfig,
+    Config,
+    LightSwitchConfig,
+    MirrorConfig,
+    Publish,
+    Subscribe,
+    load_config,
+)
+from smarthome.core.envelope import HEARTBEAT_TOPIC, ApplianceStatus, LightState, Message, MirrorView
 from smarthome.core.identity import Identity
 from smarthome.core.runtime import Loop
+from smarthome.core.schema import explain
 
+CONFIG_DIR_ENV = "SMARTHOME_CONFIG_DIR"  # also the directory compose mounts into the containers
+HOST_PORT_ENV = "SMARTHOME_HOST_PORT_{}"  # the host port compose publishes container port {} on
+DEFAULT_CONFIG = "smarthome.yml"
 SEND_LINGER_MS = 2000  # how long `pub` may take to flush its one message after a subscriber is there
+COUNT_TIMEOUT = 10.0  # seconds `sub --count N` waits by default: a steady stack sends only its current states
+PROBE_TIMEOUT = 0.2  # seconds a TCP connect to a loopback port may take (a closed one refuses at once)
+BODY_TYPES: dict[type, type[msgspec.Struct]] = {
+    LightSwitchConfig: LightState,
+    ApplianceConfig: ApplianceStatus,
+    MirrorConfig: MirrorView,
+}  # what each role publishes; commands topics carry LightState too
+
+log = logging.getLogger("smarthome.tools")
 
 
 class UsageError(Exception):
     """A bad argument or an unreachable stack: printed as one line, exit code 1."""
 
 
+# --- which stack, and where the host reaches it ---
+
+
+def config_dir() -> Path:
+    """$SMARTHOME_CONFIG_DIR, else the shipped configs: the checkout's `config/`, or where a wheel put them."""
+    if os.environ.get(CONFIG_DIR_ENV):
+        return Path(os.environ[CONFIG_DIR_ENV])
+    checkout = Path(__file__).resolve().parents[3] / "config"
+    return checkout if checkout.is_dir() else Path(sysconfig.get_path("data")) / "share" / "smarthome"
+
+
+def host_endpoint(endpoint: str) -> str:
+    """Where the host reaches a service's endpoint: 127.0.0.1, on the host port compose publishes it at."""
+    port = endpoint.rsplit(":", 1)[1]
+    return f"tcp://127.0.0.1:{os.environ.get(HOST_PORT_ENV.format(port), port)}"
+
+
+def answering(endpoints: list[str]) -> list[str]:
+    """The endpoints where something accepts a TCP connection."""
+    found = []
+    for endpoint in endpoints:
+        host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), PROBE_TIMEOUT).close()
+            found.append(endpoint)
+        except OSError:
+            pass
+    return found
+
+
+def choose_config(explicit: str | None) -> str:
+    """`explicit` (--config or $SMARTHOME_CONFIG), else the config whose stack answers on this host
+    (`smarthome.yml` first), else `smarthome.yml`."""
+    if explicit:
+        log.info("config %s", explicit)
+        return explicit
+    directory = config_dir()
+    for path in sorted(directory.glob("*.yml"), key=lambda p: (p.name != DEFAULT_CONFIG, p.name)):
+        if up := answering(subscribe_endpoints(load_config(path), [])):
+            log.info("config %s: its stack answers at %s", path, up[0])
+            return str(path)
+    log.info("config %s: no stack answers at the endpoints of any config in %s", directory / DEFAULT_CONFIG, directory)
+    return str(directory / DEFAULT_CONFIG)
+
+
+def hint(config: Config) -> str:
+    """What to try when nothing answers at the endpoints of `config`."""
+    others = sorted(p for p in config_dir().glob("*.yml") if p.resolve() != Path(config.path).resolve())
+    tries = " or ".join(f"--config {os.path.relpath(p)}" for p in others)
+    return "is the stack running? (docker compose up, or smarthome local)" + (f"; or try {tries}" if tries else "")
+
+
 def subscribe_endpoints(config: Config, topics: list[str]) -> list[str]:
     if config.broker:
-        return [to_loopback(config.broker.subscribers)]
+        return [host_endpoint(config.broker.subscribers)]
+    every = not topics or HEARTBEAT_TOPIC in topics  # every publisher sends heartbeats
     publishers = config.publishers().values()
-    return [to_loopback(p.bind) for p in publishers if p.bind and (not topics or p.topic in topics)]
+    return [host_endpoint(p.bind) for p in publishers if p.bind and (every or p.topic in topics)]
 
 
 def publish_endpoint(config: Config, topic: str) -> str:
     for service in config.services.values():
         for _, spec in service.sockets():
             if isinstance(spec, Subscribe) and spec.bind and topic in spec.topics:
-                return to_loopback(spec.bind)
+                return host_endpoint(spec.bind)
     if config.broker:
-        return to_loopback(config.broker.publishers)
+        return host_endpoint(config.broker.publishers)
     raise UsageError(f"in this wiring nothing accepts messages on '{topic}' from outside; use the broker wiring")
+
+
+# --- topics and bodies ---
 
 
 def known_topics(config: Config) -> set[str]:
@@ -48,59 +136,109 @@ def known_topics(config: Config) -> set[str]:
     return topics
 
 
-def check_topics(config: Config, topics: list[str]) -> None:
-    unknown = sorted(set(topics) - known_topics(config))
-    if unknown:
-        raise UsageError(f"unknown topic '{unknown[0]}' (known: {', '.join(sorted(known_topics(config)))})")
+def check_topics(config: Config, topics: list[str], *also: str) -> None:
+    known = known_topics(config) | set(also)
+    if unknown := sorted(set(topics) - known):
+        raise UsageError(f"unknown topic '{unknown[0]}' (known: {', '.join(sorted(known))})")
 
 
-def sub(config: Config, topics: list[str], count: int, timeout: float) -> int:
-    """Print every message on `topics` (all if none): topic, sender, seq, body. Stops after `count` if given."""
-    check_topics(config, topics)
-    service = Loop(Identity("smarthome-sub", config, label="sub"))
-    received = 0
-    outcome = 0
-
-    def show(message: Message, _: None) -> None:
-        nonlocal received
-        print(f"{message.topic} {message.sender} {message.seq} {json.dumps(message.body)}", flush=True)
-        received += 1
-        if received == count:
-            service.stop()
-
-    def give_up() -> None:
-        nonlocal outcome
-        outcome = 1
-        print(f"smarthome: got {received} of {count} messages within {timeout:g}s", file=sys.stderr)
-        service.stop()
-
-    service.subscribe(Subscribe(topics, connect=subscribe_endpoints(config, topics)), None, show)
-    if timeout:
-        service.call_later(timeout, give_up)
-    return service.run() or outcome
+def body_type(config: Config, topic: str) -> type[msgspec.Struct] | None:
+    """The body `topic` carries: what its publisher's role sends; a commands topic carries light states."""
+    for service in config.services.values():
+        for field, spec in service.sockets():
+            if field == "commands" and topic in (spec.topics if isinstance(spec, Subscribe) else [spec.topic]):
+                return LightState
+    publisher = config.publisher_of(topic)
+    return BODY_TYPES.get(type(publisher[1])) if publisher else None
 
 
-def pub(config: Config, topic: str, body_json: str, timeout: float) -> int:
-    """Publish one message on `topic` once something subscribes to it there, so it is never lost."""
-    check_topics(config, [topic])
+def parse_body(config: Config, topic: str, body_json: str) -> dict:
+    """The JSON object in `body_json`, checked against the body type of `topic`."""
     try:
         body = json.loads(body_json)
     except json.JSONDecodeError as exc:
         raise UsageError(f"invalid JSON body: {exc}") from None
     if not isinstance(body, dict):
         raise UsageError(f"the body must be a JSON object, got: {body_json}")
+    if kind := body_type(config, topic):
+        try:
+            msgspec.convert(body, kind)
+        except msgspec.ValidationError as exc:
+            problem, where = explain(exc)
+            at = f" at '{where}'" if where else ""
+            raise UsageError(f"invalid body for '{topic}' ({kind.__name__}): {problem}{at}") from None
+    return body
+
+
+# --- the commands ---
+
+
+def sub(config: Config, topics: list[str], count: int, timeout: float | None, as_json: bool) -> int:
+    """Print every message on `topics` (all if none): topic, sender, seq, body, or one JSON object per line.
+
+    Stops after `count` messages (each sender's current state, re-sent to a newcomer, counts) or after
+    `timeout` seconds (default: 10 with a count, never without; 0: never); too few messages is exit 1.
+    """
+    check_topics(config, topics, HEARTBEAT_TOPIC)
+    timeout = (COUNT_TIMEOUT if count else 0) if timeout is None else timeout
+    endpoints = subscribe_endpoints(config, topics)
+    if not answering(endpoints):
+        log.warning("nothing answers at %s yet: %s", ", ".join(endpoints), hint(config))
+    service = Loop(Identity("smarthome-sub", config, label="sub"))
+    received = 0
+    outcome = 0
+
+    def show(message: Message, _: None) -> None:
+        nonlocal received
+        if as_json:
+            line = msgspec.json.encode(message).decode()
+        else:
+            line = f"{message.topic} {message.sender} {message.seq} {json.dumps(message.body)}"
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:  # the reader has gone (`| head -1`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail
+            service.stop()
+            return
+        received += 1
+        if received == count:
+            service.stop()
+
+    def time_up() -> None:
+        nonlocal outcome
+        if received < count:
+            outcome = 1
+            why = hint(config) if not answering(endpoints) else "a steady stack sends each current state once"
+            print(f"smarthome: got {received} of {count} messages within {timeout:g}s: {why}", file=sys.stderr)
+        service.stop()
+
+    service.subscribe(Subscribe(topics, connect=endpoints), None, show)
+    if timeout:
+        service.call_later(timeout, time_up)
+    return service.run() or outcome
+
+
+def pub(config: Config, topic: str, body_json: str, timeout: float) -> int:
+    """Publish one message on `topic` once something subscribes to it there, so it is never lost."""
+    check_topics(config, [topic])
     endpoint = publish_endpoint(config, topic)
+    body = parse_body(config, topic, body_json)
     service = Loop(Identity("smarthome-cli", config, label="pub"))
     outcome = 0
+
+    def delivered() -> None:
+        log.info("reached a subscriber to '%s' at %s", topic, endpoint)
+        service.stop()
 
     def give_up() -> None:
         nonlocal outcome
         outcome = 1
-        print(f"smarthome: nothing at {endpoint} subscribed to '{topic}' within {timeout:g}s", file=sys.stderr)
+        why = "" if answering([endpoint]) else f": {hint(config)}"
+        print(f"smarthome: nothing at {endpoint} subscribed to '{topic}' within {timeout:g}s{why}", file=sys.stderr)
         service.stop()
 
     # The publisher re-sends its last message to each new subscriber: publish now, stop after the first one.
-    publisher = service.publisher(Publish(topic, connect=endpoint), on_listener=service.stop)
+    publisher = service.publisher(Publish(topic, connect=endpoint), on_listener=delivered)
     publisher.sock.linger = SEND_LINGER_MS  # the one socket here that must deliver before it closes
     publisher.publish(body)
     service.call_later(timeout, give_up)
@@ -116,6 +254,7 @@ def light(config: Config, state: str, timeout: float) -> int:
     return pub(config, topics.pop(), json.dumps({"state": LightState(state.upper()).state}), timeout)
 
 
-def quiet_logging() -> None:
-    """Tools print their results on stdout; the runtime's own log lines go to stderr, warnings only."""
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="smarthome: %(message)s")
+def tool_logging(verbose: bool) -> None:
+    """Tools print their results on stdout; their own lines and the runtime's go to stderr (-v: from info)."""
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr, format="smarthome: %(message)s", force=True)

@@ -15,6 +15,20 @@ import sys
 from smarthome.core.config import CONFIG_ENV, LOOPBACK_ENV, load_config
 
 STOP_GRACE = 5.0  # seconds each service gets to exit after SIGTERM
+OUR_STOP = (-signal.SIGTERM, -signal.SIGINT)  # a child killed by the signal that stopped it: not a failure
+
+
+def exit_status(code: int) -> int:
+    """A child's exit code as a shell reports it: 128 + N for a child killed by signal N."""
+    return 128 - code if code < 0 else code
+
+
+def wait(child: subprocess.Popen[str]) -> int:
+    try:
+        return child.wait(STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        return child.wait()
 
 
 def run_all(config_path: str | None) -> int:
@@ -33,6 +47,7 @@ def run_all(config_path: str | None) -> int:
         for name in config.services
     }
     stopping = False
+    ended_alone: str | None = None  # the service that exited by itself, which stopped the others
 
     def stop(*_: object) -> None:
         nonlocal stopping
@@ -54,6 +69,11 @@ def run_all(config_path: str | None) -> int:
                 else:
                     selector.unregister(key.fileobj)
                     if not stopping:  # one service died on its own: stop the rest too
+                        ended_alone = key.data
                         stop()
-    codes = [child.wait(STOP_GRACE) for child in children.values()]
-    return max(codes, key=abs)
+    codes = {name: wait(child) for name, child in children.items()}
+    if ended_alone:
+        code = exit_status(codes[ended_alone])
+        print(f"smarthome: {ended_alone} exited with code {code}; stopped the others", file=sys.stderr)
+        return code or 1
+    return max((exit_status(code) for code in codes.values() if code not in OUR_STOP), default=0)

@@ -278,12 +278,14 @@ def main(me: Identity, spec: WebConfig) -> int:
     """Serve until SIGTERM/SIGINT, then close browsers with 'going away' and exit 0 (1 if a task died)."""
     host = "127.0.0.1" if os.environ.get(LOOPBACK_ENV) == "1" else "0.0.0.0"  # local mode stays on loopback
     app = make_app(me, spec)
-    asyncio.run(serve(app, host, spec.port, spec.name))
+    if not asyncio.run(serve(app, host, spec.port, spec.name)):
+        return 1
     log.info("%s stopped", spec.name)
     return 1 if app[FORWARDER].failed else 0
 
 
-async def serve(app: web.Application, host: str, port: int, label: str) -> None:
+async def serve(app: web.Application, host: str, port: int, label: str) -> bool:
+    """Serve until a signal; False (after one line in the log) when the port cannot be had."""
     # Our own signal handling rather than run_app's: a second signal (Ctrl-C reaches a whole process group,
     # and `smarthome local` forwards SIGTERM too) must not interrupt a shutdown already under way.
     done = app[FORWARDER].done
@@ -291,7 +293,13 @@ async def serve(app: web.Application, host: str, port: int, label: str) -> None:
         asyncio.get_running_loop().add_signal_handler(signum, done.set)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:  # e.g. the port is taken: one line, not a traceback
+        log.error("%s cannot listen on %s:%d: %s", label, host, port, os.strerror(exc.errno) if exc.errno else exc)
+        await runner.cleanup()
+        return False
     log.info("%s started on port %d", label, port)  # only now: a client may connect as soon as it reads this
     await done.wait()
     await runner.cleanup()
+    return True
