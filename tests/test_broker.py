@@ -22,6 +22,7 @@ from support import (
     loopback_config,
     wait_until,
     wait_until_async,
+    with_key,
 )
 
 Start = Callable[..., ServiceProcess]
@@ -62,9 +63,11 @@ def test_the_broker_hands_the_last_value_to_late_subscribers(
 ) -> None:
     broker = run_service("broker", config)
     broker.wait_for("started")
-    publisher = context.socket(zmq.PUB)
+    publisher = with_key(context.socket(zmq.PUB), config, server="broker")
     publisher.connect(endpoint(config, "broker", "publishers"))
-    probe = context.socket(zmq.SUB)  # proves the broker has the message before the publisher goes away
+    probe = with_key(
+        context.socket(zmq.SUB), config, server="broker"
+    )  # proves the broker has the message before the publisher goes away
     probe.subscribe(b"")
     probe.connect(endpoint(config, "broker", "subscribers"))
     broker.wait_for("subscribe all topics")
@@ -84,14 +87,14 @@ def test_the_broker_hands_the_last_value_to_late_subscribers(
     wait_until(sent_and_seen, "the broker to forward a message")
     publisher.close()
 
-    late = context.socket(zmq.SUB)
+    late = with_key(context.socket(zmq.SUB), config, server="broker")
     late.subscribe(b"toast")
     late.connect(endpoint(config, "broker", "subscribers"))
     assert late.poll(10_000), "no last value for a late subscriber"
     assert late.recv_multipart() == last  # only the newest 'toast', nothing of 'coffee'
     assert not late.poll(200)  # ok to wait briefly here: asserting that nothing more arrives
 
-    everything = context.socket(zmq.SUB)
+    everything = with_key(context.socket(zmq.SUB), config, server="broker")
     everything.subscribe(b"")
     everything.connect(endpoint(config, "broker", "subscribers"))
     got = [everything.recv_multipart() for _ in range(2) if everything.poll(10_000)]

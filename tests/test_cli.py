@@ -253,7 +253,8 @@ def test_local_stops_everything_and_exits_1_with_one_line_when_the_web_port_is_b
     assert result.returncode == 1, result.stdout
     assert result.stderr == "smarthome: web exited with code 1; stopped the others\n"
     web = [line for line in result.stdout.splitlines() if line.startswith("web ")]
-    assert web[-1].endswith(f"ERROR   WEB cannot listen on 127.0.0.1:{port}: Address already in use"), web
+    errors = [line for line in web if " ERROR " in line]
+    assert len(errors) == 1 and errors[0].endswith(f"WEB cannot listen on 127.0.0.1:{port}: Address already in use")
     assert "Traceback" not in result.stdout
 
 

@@ -26,7 +26,8 @@ def test_shipped_config_loads() -> None:
 
 def test_the_mirror_needs_no_publisher(tmp_path: Path) -> None:
     path = tmp_path / "quiet-mirror.yml"
-    path.write_text(SHIPPED_CONFIG.read_text().replace('    publish: { topic: mirror, bind: "tcp://*:5561" }\n', ""))
+    shipped = SHIPPED_CONFIG.read_text().replace('    publish: { topic: mirror, bind: "tcp://*:5561" }\n', "")
+    path.write_text(shipped.replace(', "tcp://smart-mirror:5561"]', "]"))
     config = load_config(path)
     assert config.services["smart-mirror"].publish is None
     assert "smart-mirror" not in config.publishers()
@@ -45,6 +46,12 @@ BROKEN = {
     "missing key": ("    prep_time: 2\n", "", "services.toaster", "missing key 'prep_time'"),
     "wrong type": ("prep_time: 2", "prep_time: soon", "services.toaster.prep_time", "expected 'float', got 'str'"),
     "negative time": ("prep_time: 2", "prep_time: -1", "services.toaster.prep_time", "expected 'float' >= 0.0"),
+    "port nobody binds": (
+        '"tcp://toaster:5558"]',
+        '"tcp://toaster:5559"]',
+        "services.smart-mirror.subscribe.connect[1]",
+        "no service binds the port of 'tcp://toaster:5559'",
+    ),
     "unknown role": ("role: mirror", "role: tv", "services.smart-mirror.role", "invalid value 'tv'"),
     "malformed endpoint": (
         '"tcp://toaster:5558"',

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from support import ALL_READY, BROKER_CONFIG, ServiceProcess, endpoint, loopback_config, wait_until
+from support import ALL_READY, BROKER_CONFIG, ServiceProcess, endpoint, loopback_config, wait_until, with_key
 
 Start = Callable[..., ServiceProcess]
 FAST = {"heartbeat_interval": 0.2, "offline_after": 3, "zmtp.heartbeat_ivl": 0.2, "zmtp.heartbeat_timeout": 0.6}
@@ -36,7 +36,7 @@ def test_heartbeats_carry_the_seq_without_consuming_one(config: Path, run_servic
     switch.wait_for("started")
     context = zmq.Context()
     try:
-        sub = context.socket(zmq.SUB)
+        sub = with_key(context.socket(zmq.SUB), config, server="light-switch")
         sub.linger = 0
         for topic in (b"light", b"heartbeat"):
             sub.subscribe(topic)

@@ -11,7 +11,16 @@ import pytest
 import yaml
 import zmq
 from smarthome.core.envelope import Message, encode
-from support import ALL_READY, BROKER_CONFIG, SHIPPED_CONFIG, ServiceProcess, endpoint, loopback_config, wait_until
+from support import (
+    ALL_READY,
+    BROKER_CONFIG,
+    SHIPPED_CONFIG,
+    ServiceProcess,
+    endpoint,
+    loopback_config,
+    wait_until,
+    with_key,
+)
 
 Start = Callable[[str, Path], ServiceProcess]
 ORDERS = {
@@ -97,8 +106,8 @@ def test_sigterm_while_the_peer_is_unreachable_still_exits_0(config: Path, run_s
 class FakeAppliance:
     """A test-owned publisher on the coffee maker's endpoint, to send the mirror whatever we like."""
 
-    def __init__(self, context: zmq.Context, address: str) -> None:
-        self.sock = context.socket(zmq.XPUB)
+    def __init__(self, context: zmq.Context, address: str, config: Path) -> None:
+        self.sock = with_key(context.socket(zmq.XPUB), config, "coffee-maker")  # the mirror pins its key
         self.sock.linger = 0
         self.sock.bind(address)
         self.seq = 0
@@ -112,13 +121,13 @@ class FakeAppliance:
 
     def status(self, ready: bool, topic: str = "coffee", seq: int | None = None) -> list[bytes]:
         self.seq = seq if seq is not None else self.seq + 1
-        return encode(Message(topic, "fake@test", 1, self.seq, time.time(), {"status": ready}))
+        return encode(Message(topic, "coffee-maker@test", 1, self.seq, time.time(), {"status": ready}))
 
 
 @pytest.fixture
 def fake_coffee_maker(config: Path) -> FakeAppliance:
     context = zmq.Context()
-    yield FakeAppliance(context, endpoint(config, "coffee-maker"))
+    yield FakeAppliance(context, endpoint(config, "coffee-maker"), config)
     context.destroy(linger=0)
 
 
@@ -170,7 +179,7 @@ def test_a_subscriber_joining_late_gets_the_current_state_without_any_new_publis
     switch.wait_for("started")
     context = zmq.Context()
     try:
-        sub = context.socket(zmq.SUB)
+        sub = with_key(context.socket(zmq.SUB), config, server="light-switch")
         sub.linger = 0
         sub.subscribe(b"light")
         sub.connect(endpoint(config, "light-switch"))

@@ -6,6 +6,7 @@ smarthome sub [TOPIC ...]        print every message: topic, sender, seq, body
 smarthome pub TOPIC JSON         publish one message, once something subscribes to it
 smarthome light on|off           switch the light(s) from outside
 smarthome schema                 print the config's JSON Schema
+smarthome keys                   make the CurveZMQ keys that are missing
 
 sub, pub and light use --config, else $SMARTHOME_CONFIG, else the config (in $SMARTHOME_CONFIG_DIR, default
 the shipped config/) whose stack answers on this host; -v says which config and endpoints they reached.
@@ -23,8 +24,9 @@ from typing import NoReturn
 import zmq
 
 from smarthome import __version__
-from smarthome.core.config import CONFIG_ENV, ConfigError, load_config
+from smarthome.core.config import CONFIG_ENV, Config, ConfigError, load_config
 from smarthome.core.identity import Identity
+from smarthome.core.keys import KeyRing, key_names, keys_dir
 from smarthome.core.logs import setup_logging
 from smarthome.tools import cli, config_schema, local
 
@@ -47,6 +49,16 @@ def run(name: str, config_path: str) -> int:
         raise ConfigError(config.path, "services", f"no service named '{name}' (have: {', '.join(config.services)})")
     setup_logging()
     return importlib.import_module(ENTRYPOINTS[spec.role]).main(Identity(name, config), spec)
+
+
+def make_keys(config: Config, owner: int | None) -> int:
+    ring = KeyRing(keys_dir(config))
+    try:
+        created = ring.ensure(key_names(config), owner)
+    except OSError as exc:
+        raise ConfigError(str(ring.directory), "", f"cannot write keys: {exc.strerror or exc}") from None
+    print(f"smarthome: keys in {ring.directory}: made {', '.join(created) or 'none, all there'}", file=sys.stderr)
+    return 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,6 +88,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     commands.add_parser("run", help="run one service").add_argument("service", help="a service name in the config")
     commands.add_parser("local", help="run every service locally")
     commands.add_parser("schema", help="print the config's JSON Schema")
+    keys = commands.add_parser("keys", help="make the CurveZMQ keys that are missing ($SMARTHOME_KEYS, else ./keys)")
+    keys.add_argument("--owner", type=int, help="as root: the uid the services run as, to own their secret keys")
     sub = commands.add_parser("sub", help="print messages")
     sub.add_argument("topics", nargs="*", metavar="TOPIC", help="topics to print, 'heartbeat' too (default: all)")
     sub.add_argument("--count", type=at_least(1, int), default=0, help="exit after this many messages")
@@ -103,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
             print(config_schema.render(), end="")
             return 0
         config_path = args.config or os.environ.get(CONFIG_ENV)
-        if args.command in ("run", "local"):
+        if args.command in ("run", "local", "keys"):
             config_path = config_path or str(cli.config_dir() / cli.DEFAULT_CONFIG)
+            if args.command == "keys":
+                return make_keys(load_config(config_path), args.owner)
             return run(args.service, config_path) if args.command == "run" else local.run_all(config_path)
         cli.tool_logging(args.verbose)
         config = load_config(cli.choose_config(config_path))

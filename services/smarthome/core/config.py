@@ -20,6 +20,7 @@ import yaml
 from smarthome.core.schema import explain
 
 CONFIG_ENV = "SMARTHOME_CONFIG"
+HOST_PORT_ENV = "SMARTHOME_HOST_PORT_{}"  # the host port compose publishes container port {} on
 LOOPBACK_ENV = "SMARTHOME_LOOPBACK"  # "1": run every endpoint on 127.0.0.1 (local no-Docker mode)
 
 Topic = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]*$")]
@@ -125,6 +126,7 @@ class _Settings(_Strict):
     offline_after: Annotated[int, msgspec.Meta(ge=1)]  # missed heartbeats before a sender is gone
     zmtp: Zmtp
     services: dict[str, Any]
+    curve: bool = True  # CurveZMQ on every connection: encrypted, and only known keys get in
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -134,6 +136,7 @@ class Config(msgspec.Struct, frozen=True):
     offline_after: int
     zmtp: Zmtp
     services: dict[str, ServiceConfig]
+    curve: bool = True
 
     @property
     def gone_after(self) -> float:
@@ -152,6 +155,21 @@ class Config(msgspec.Struct, frozen=True):
     @property
     def broker(self) -> BrokerConfig | None:
         return next((s for s in self.services.values() if isinstance(s, BrokerConfig)), None)
+
+    def binder_of(self, endpoint: str) -> str | None:
+        """The service that binds the port `endpoint` connects to (or the host port it is published on):
+        whose key a client pins for it."""
+        port = endpoint.rpartition(":")[2]
+        for name, service in self.services.items():
+            for _, bound, connecting in service.endpoints():
+                if not connecting and port in (bound.rpartition(":")[2], host_port(bound.rpartition(":")[2])):
+                    return name
+        return None
+
+
+def host_port(port: str) -> str:
+    """The host port compose publishes container port `port` on: $SMARTHOME_HOST_PORT_<port>, default the same."""
+    return os.environ.get(HOST_PORT_ENV.format(port), port)
 
 
 class ConfigError(Exception):
@@ -180,7 +198,13 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         name: _convert(path, f"services.{name}", entry, ServiceConfig) for name, entry in settings.services.items()
     }
     config = Config(
-        path, settings.max_message_bytes, settings.heartbeat_interval, settings.offline_after, settings.zmtp, services
+        path,
+        settings.max_message_bytes,
+        settings.heartbeat_interval,
+        settings.offline_after,
+        settings.zmtp,
+        services,
+        settings.curve,
     )
     _check_wiring(config)
     return config
@@ -212,6 +236,10 @@ def _check_wiring(config: Config) -> None:
             for i, topic in enumerate(spec.topics):
                 if topic not in published:
                     raise ConfigError(config.path, f"{key}.topics[{i}]", f"topic '{topic}' is published by no service")
+    for name, service in config.services.items():  # a typo in a port, and whose CurveZMQ key would a client pin?
+        for key, endpoint, connecting in service.endpoints():
+            if connecting and config.binder_of(endpoint) is None:
+                raise ConfigError(config.path, f"services.{name}.{key}", f"no service binds the port of '{endpoint}'")
 
 
 def _check_endpoint(path: str, key: str, endpoint: str, connect: bool) -> None:

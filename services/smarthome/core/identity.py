@@ -11,6 +11,7 @@ from smarthome.core.config import Config, ServiceConfig
 
 INSTANCE_ENV = "SMARTHOME_INSTANCE"  # what tells instances of one service apart; default: the host (container) name
 HEALTH_FILE_ENV = "SMARTHOME_HEALTH_FILE"  # touched by a live loop; the compose healthcheck reads its age
+TOOLS = "tools"  # the CurveZMQ key the host tools (`smarthome sub|pub|light`) share
 HEALTH_TOUCH_EVERY = 0.5  # seconds between touches, whatever else the loop does (the healthcheck allows 2 s)
 
 
@@ -38,6 +39,7 @@ class Identity:
         self.name = name
         self.config = config
         self.spec: ServiceConfig | None = config.services.get(name)  # None for the host tools
+        self.key = name if self.spec else TOOLS  # whose CurveZMQ keypair it speaks with
         self.label = label or (self.spec.name if self.spec else name)  # how log lines name this service
         # Scaled instances differ by container hostname, which a restart keeps and a recreate changes.
         self.sender = f"{name}@{os.environ.get(INSTANCE_ENV) or socket.gethostname()}"

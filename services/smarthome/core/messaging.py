@@ -14,6 +14,7 @@ import zmq
 
 from smarthome.core.envelope import HEARTBEAT_TOPIC, EnvelopeError, Message, decode, encode
 from smarthome.core.identity import Identity
+from smarthome.core.keys import Policy
 from smarthome.core.schema import explain
 from smarthome.core.sockets import warnings
 
@@ -110,12 +111,20 @@ class Inbox:
     bounded to MAX_SENDERS senders.
     """
 
-    def __init__(self, label: str, topics: list[str], body_type: type[Body] | None, gone_after: float) -> None:
+    def __init__(
+        self,
+        label: str,
+        topics: list[str],
+        body_type: type[Body] | None,
+        gone_after: float,
+        policy: Policy | None = None,
+    ) -> None:
         self.label = label
+        self.policy = policy  # with CurveZMQ: who may publish what
         self.wanted = set(topics)  # empty: every topic
         self.body_type = body_type
         self.gone_after = gone_after
-        self.sock: zmq.Socket | None = None  # the SUB socket this inbox reads, subscribed to `subscriptions`
+        self.socks: list[zmq.Socket] = []  # the SUB sockets this inbox reads, subscribed to `subscriptions`
         self.streams: dict[str, dict[str, Stream]] = {}  # sender -> topic -> what we know of it
         self.heard: OrderedDict[str, float] = OrderedDict()  # sender -> when last heard, least recent first
         self.missed: dict[str, int] = {}  # sender -> messages of it we never got
@@ -126,11 +135,16 @@ class Inbox:
         """The topics to subscribe to: the wanted ones and their publishers' heartbeats (none given: all)."""
         return sorted({*self.wanted, HEARTBEAT_TOPIC}) if self.wanted else []
 
-    def accept(self, frames: list[bytes]) -> tuple[Message, Any] | None:
+    def accept(self, frames: list[bytes], peer: str | None = None) -> tuple[Message, Any] | None:
+        """The message in `frames` and its body, if it is new and valid and `peer` (the User-Id it came with,
+        or the server it came from) may send it."""
         try:
             message = decode(frames)
         except EnvelopeError as exc:
             warnings.warn("%s dropped a malformed message: %s", self.label, exc)
+            return None
+        if self.policy and (refused := self.policy.refuses(peer or "?", message.sender, message.topic)):
+            warnings.warn("%s dropped a message on '%s': %s", self.label, message.topic, refused)
             return None
         if message.topic == HEARTBEAT_TOPIC:
             return self._heartbeat(message)
@@ -171,10 +185,10 @@ class Inbox:
 
     def _resync(self, topic: str) -> None:
         """The state we hold of `topic` may be stale: a new subscription has every publisher re-send theirs."""
-        if self.sock is not None:
-            prefix = topic if self.wanted else ""
-            self.sock.unsubscribe(prefix)
-            self.sock.subscribe(prefix)
+        prefix = topic if self.wanted else ""
+        for sock in self.socks:
+            sock.unsubscribe(prefix)
+            sock.subscribe(prefix)
 
     def _hear(self, sender: str) -> None:
         self.heard[sender] = time.monotonic()

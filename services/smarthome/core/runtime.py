@@ -45,31 +45,34 @@ class Loop:
         self.me = me
         self.context = zmq.Context()
         self.poller = zmq.Poller()
-        self.sockets = Sockets(self.context, me, self.on_message)
         self._readers: dict[Any, Callable[[], None]] = {}
         self._timers: list[tuple[float, int, Timer]] = []
         self._timer_ids = itertools.count()
         self._stopping = False
         self.every(HEALTH_TOUCH_EVERY, me.health.touch)
+        self.sockets = Sockets(self.context, me, self.on_message)
 
     # --- sockets -----------------------------------------------------------------------------------
 
-    def on_message(self, sock: zmq.Socket, handler: Handler) -> None:
-        """Call `handler(frames)` for each message `sock` receives.
+    def on_message(self, sock: zmq.Socket, handler: Handler, peer: bool = False) -> None:
+        """Call `handler(frames)` for each message `sock` receives; with `peer`, `handler(frames, user_id)`:
+        the name of the key that peer authenticated with (CurveZMQ).
 
         A wakeup reads until the socket is empty, but at most DRAIN_LIMIT messages, so one busy socket
         cannot starve the others or the timers.
         """
-
         handle = guarded(self.me.label, handler)
 
         def drain() -> None:
             for _ in range(DRAIN_LIMIT):
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=not peer)
                 except zmq.Again:
                     return
-                handle(frames)
+                if peer:
+                    handle([frame.bytes for frame in frames], frames[0].get("User-Id"))
+                else:
+                    handle(frames)
 
         self.poller.register(sock, zmq.POLLIN)
         self._readers[sock] = drain
@@ -90,14 +93,14 @@ class Loop:
         `spec.topics` asks for them (or is empty: everything).
         `on_gone(sender)` is called for a sender that stopped heartbeating: its state must not linger as alive.
         """
-        inbox = Inbox(self.me.label, spec.topics, body_type, self.me.config.gone_after)
-        inbox.sock = self.sockets.subscriber(spec, inbox.subscriptions)
-
+        inbox = Inbox(self.me.label, spec.topics, body_type, self.me.config.gone_after, self.sockets.policy)
         heartbeats = not spec.topics or HEARTBEAT_TOPIC in spec.topics  # to the handler only if it asked
 
-        def on_frames(frames: list[bytes]) -> None:
-            if (accepted := inbox.accept(frames)) and (heartbeats or accepted[0].topic != HEARTBEAT_TOPIC):
+        def deliver(frames: list[bytes], peer: str | None) -> None:
+            if (accepted := inbox.accept(frames, peer)) and (heartbeats or accepted[0].topic != HEARTBEAT_TOPIC):
                 handler(*accepted)
+
+        self.sockets.subscribe(spec, inbox, deliver)
 
         def expire() -> None:
             for sender in inbox.expire():
@@ -105,7 +108,6 @@ class Loop:
                 if on_gone:
                     on_gone(sender)
 
-        self.on_message(inbox.sock, on_frames)
         self.every(self.me.config.heartbeat_interval, expire)
         return inbox
 

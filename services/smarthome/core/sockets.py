@@ -8,19 +8,25 @@ socket makes or loses.
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
+from zmq.auth.base import Authenticator
 
 from smarthome.core.config import Publish, Subscribe
 from smarthome.core.identity import Identity
+from smarthome.core.keys import ZAP_DOMAIN, Keys, Policy, answer_zap, authenticator
 from smarthome.core.logs import LimitedWarnings
 
-Handler = Callable[[list[bytes]], None]
-Watch = Callable[[zmq.Socket, Handler], None]  # how a loop calls `handler(frames)` for each message on a socket
+if TYPE_CHECKING:
+    from smarthome.core.messaging import Inbox
+
+Handler = Callable[..., None]  # handler(frames), or handler(frames, peer) where the loop reads the peer's User-Id
+Watch = Callable[..., None]  # watch(sock, handler, peer=False): how a loop calls the handler for each message
 log = logging.getLogger("smarthome")
 warnings = LimitedWarnings(log)
 SUBSCRIPTION_MAX_BYTES = 1024  # above libzmq's 0-275 range that breaks the handshake (libzmq #4436)
@@ -32,9 +38,9 @@ def guarded(label: str, handler: Handler) -> Handler:
     """`handler` made total: whatever a message makes it raise, the message is dropped with one (rate-limited)
     warning and the loop goes on. No input on any socket can stop a service."""
 
-    def guarded_handler(frames: list[bytes]) -> None:
+    def guarded_handler(*message: object) -> None:
         try:
-            handler(frames)
+            handler(*message)
         except Exception as exc:  # the one place that catches everything: the reason is logged, never lost
             warnings.warn("%s dropped a message it could not handle: %s: %s", label, type(exc).__name__, exc)
 
@@ -68,10 +74,20 @@ class ConnectionLog:
 class Sockets:
     """Makes, configures and attaches sockets on `context`; `watch` is how the owning loop reads a socket."""
 
-    def __init__(self, context: zmq.Context, me: Identity, watch: Watch) -> None:
+    def __init__(
+        self, context: zmq.Context, me: Identity, watch: Watch, zap: type[Authenticator] = Authenticator
+    ) -> None:
+        """`zap`: the ZAP handler for this loop. The base Authenticator has no loop of its own: `watch` drives it;
+        an AsyncioAuthenticator runs on the asyncio loop by itself."""
         self.context = context
         self.me = me
         self.watch = watch
+        self.keys = Keys(me) if me.config.curve else None  # None: no CurveZMQ (config `curve: false`)
+        self.policy = Policy(me.config) if self.keys else None  # who may publish what, checked on arrival
+        if self.keys:  # before any server socket binds: its first clients must meet a ZAP handler
+            self.zap = authenticator(zap, context, self.keys.ring)
+            if zap is Authenticator:
+                watch(self.zap.zap_socket, functools.partial(answer_zap, self.zap))
 
     def make(
         self,
@@ -97,6 +113,11 @@ class Sockets:
         sock.tcp_keepalive = 1  # the kernel's own check too, for a link where even heartbeats cannot be sent
         sock.tcp_keepalive_idle = TCP_KEEPALIVE_IDLE
         sock.tcp_keepalive_intvl = TCP_KEEPALIVE_INTVL
+        if self.keys:  # CurveZMQ: encrypted, and a server lets in only the known keys (ZAP)
+            sock.curve_publickey, sock.curve_secretkey = self.keys.public, self.keys.secret
+            if bind:
+                sock.curve_server = True  # must come before bind
+                sock.zap_domain = ZAP_DOMAIN.encode()
         for name, value in options.items():
             setattr(sock, name, value)
         if kind == zmq.SUB:
@@ -110,6 +131,8 @@ class Sockets:
             monitor = sock.get_monitor_socket(ConnectionLog.EVENTS)  # before connecting, so no event is missed
             self.watch(monitor, ConnectionLog(self.me.label).record)
         for endpoint in endpoints:
+            if self.keys:
+                sock.curve_serverkey = self.keys.server_key(endpoint)  # taken per connect: each has its own
             # Never fails on an unknown host: names resolve (and re-resolve on every reconnect) in the background.
             sock.connect(endpoint)
         return sock
@@ -122,8 +145,26 @@ class Sockets:
         """
         return self.make(zmq.XPUB, bind=spec.bind, connect=[spec.connect] if spec.connect else (), xpub_verbose=True)
 
-    def subscriber(self, spec: Subscribe, topics: Iterable[str] | None = None) -> zmq.Socket:
-        """A SUB for `spec`, subscribed to `topics` (default: spec.topics)."""
-        return self.make(
-            zmq.SUB, bind=spec.bind, connect=spec.connect, topics=spec.topics if topics is None else topics
-        )
+    def subscribe(self, spec: Subscribe, inbox: Inbox, deliver: Callable[[list[bytes], str | None], None]) -> None:
+        """Make `spec`'s SUB sockets for `inbox` and have the loop call `deliver(frames, peer)` for each message.
+
+        A connecting subscriber gets one socket per publisher, so it knows who sent what: the server whose
+        key it pinned. A binding one has many peers: the loop reads each message's User-Id instead.
+        """
+        topics = inbox.subscriptions
+        if spec.bind:
+            sock = self.make(zmq.SUB, bind=spec.bind, topics=topics)
+            inbox.socks.append(sock)
+            if self.keys:
+                self.watch(sock, deliver, peer=True)
+            else:
+                self.watch(sock, functools.partial(_from, deliver, None))
+            return
+        for endpoint in spec.connect:
+            sock = self.make(zmq.SUB, connect=[endpoint], topics=topics)
+            inbox.socks.append(sock)
+            self.watch(sock, functools.partial(_from, deliver, self.me.config.binder_of(endpoint)))
+
+
+def _from(deliver: Callable[[list[bytes], str | None], None], server: str | None, frames: list[bytes]) -> None:
+    deliver(frames, server)

@@ -18,6 +18,7 @@ from smarthome.core.envelope import HEARTBEAT_TOPIC, sender_of
 from smarthome.core.identity import Identity
 from smarthome.core.messaging import MAX_SENDERS, Subscription, send_frames
 from smarthome.core.runtime import Loop
+from smarthome.core.sockets import warnings
 
 log = logging.getLogger(__name__)
 LAST_VALUES_MAX = 10_000  # (topic, sender) pairs remembered; the least recently updated is forgotten first
@@ -38,10 +39,15 @@ def main(me: Identity, spec: BrokerConfig) -> int:
     heard: OrderedDict[str, float] = OrderedDict()  # sender -> when last heard, least recent first
     upstream: set[bytes] = set()  # subscriptions the publishers have from us
 
-    def forward(frames: list[bytes]) -> None:
+    def forward(frames: list[bytes], peer: str | None = None) -> None:
         nonlocal cached_bytes
-        send_frames(to_subscribers, frames)
         sender = sender_of(frames[-1]) if len(frames) == 2 else None
+        if loop.sockets.policy:  # the first hop: only here is the publisher's key known, so only here can it be checked
+            topic = frames[0].decode(errors="replace")
+            if refused := loop.sockets.policy.refuses(peer or "?", sender or "?", topic):
+                warnings.warn("%s dropped a message on '%s': %s", spec.name, topic, refused)
+                return
+        send_frames(to_subscribers, frames)
         if sender is None:
             return  # not ours to keep; every subscriber drops it as malformed
         heard[sender] = time.monotonic()
@@ -94,7 +100,7 @@ def main(me: Identity, spec: BrokerConfig) -> int:
                     send_frames(to_subscribers, last)
 
     # Copying small messages into bytes is cheaper than zero-copy Frames, which pay only above ~64 kB.
-    loop.on_message(from_publishers, forward)
+    loop.on_message(from_publishers, forward, peer=loop.sockets.policy is not None)
     loop.on_message(to_subscribers, on_subscription)
     loop.every(me.config.heartbeat_interval, expire)
     return loop.run()

@@ -29,6 +29,7 @@ from smarthome.core.config import (
     MirrorConfig,
     Publish,
     Subscribe,
+    host_port,
     load_config,
 )
 from smarthome.core.envelope import HEARTBEAT_TOPIC, ApplianceStatus, LightState, Message, MirrorView
@@ -37,7 +38,6 @@ from smarthome.core.runtime import Loop
 from smarthome.core.schema import explain
 
 CONFIG_DIR_ENV = "SMARTHOME_CONFIG_DIR"  # also the directory compose mounts into the containers
-HOST_PORT_ENV = "SMARTHOME_HOST_PORT_{}"  # the host port compose publishes container port {} on
 DEFAULT_CONFIG = "smarthome.yml"
 SEND_LINGER_MS = 2000  # how long `pub` may take to flush its one message after a subscriber is there
 COUNT_TIMEOUT = 10.0  # seconds `sub --count N` waits by default: a steady stack sends only its current states
@@ -68,8 +68,7 @@ def config_dir() -> Path:
 
 def host_endpoint(endpoint: str) -> str:
     """Where the host reaches a service's endpoint: 127.0.0.1, on the host port compose publishes it at."""
-    port = endpoint.rsplit(":", 1)[1]
-    return f"tcp://127.0.0.1:{os.environ.get(HOST_PORT_ENV.format(port), port)}"
+    return f"tcp://127.0.0.1:{host_port(endpoint.rsplit(':', 1)[1])}"
 
 
 def answering(endpoints: list[str]) -> list[str]:

@@ -19,7 +19,12 @@ def json_schema() -> dict[str, Any]:
     # The loader validates the top level and then each service on its own (to name the service in errors);
     # the schema describes the whole file at once: the top-level fields, with every service typed.
     top_level = msgspec.structs.fields(_Settings)
-    fields = [(f.name, dict[str, ServiceConfig] if f.name == "services" else f.type) for f in top_level]
+    fields = [
+        (f.name, dict[str, ServiceConfig] if f.name == "services" else f.type)
+        if f.default is msgspec.NODEFAULT
+        else (f.name, f.type, f.default)
+        for f in top_level
+    ]
     document = msgspec.defstruct("SmarthomeConfig", fields, forbid_unknown_fields=True)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **msgspec.json.schema(document)}
 

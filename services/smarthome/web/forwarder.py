@@ -23,6 +23,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 from aiohttp import WSCloseCode, WSMsgType, web
+from zmq.auth.asyncio import AsyncioAuthenticator
 
 from smarthome.core.config import LOOPBACK_ENV, WebConfig
 from smarthome.core.envelope import HEARTBEAT_TOPIC, LightState, Message
@@ -75,9 +76,9 @@ class Forwarder:
     def start(self) -> None:
         """Open the zmq sockets on this event loop and start the background tasks."""
         self.context = zmq.asyncio.Context()
-        sockets = Sockets(self.context, self.me, self.watch)
-        self.inbox.sock = sockets.subscriber(self.spec.subscribe, self.inbox.subscriptions)
-        self.watch(self.inbox.sock, self.on_frames)
+        self.sockets = sockets = Sockets(self.context, self.me, self.watch, zap=AsyncioAuthenticator)
+        self.inbox.policy = sockets.policy
+        sockets.subscribe(self.spec.subscribe, self.inbox, self.on_frames)
         # Its subscription events tell whether a light switch listens right now.
         self.commands_sock = sockets.publisher(self.spec.commands)
         self.watch(self.commands_sock, self.on_command_subscription)
@@ -90,6 +91,8 @@ class Forwarder:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.sockets.keys:
+            self.sockets.zap.stop()
         self.context.destroy()
         self.me.health.remove()
 
@@ -105,14 +108,19 @@ class Forwarder:
             self.failed = True
             self.done.set()
 
-    def watch(self, sock: zmq.asyncio.Socket, handler: Handler) -> None:
-        """How the socket factory reads a socket on this loop: handler(frames) for each message."""
+    def watch(self, sock: zmq.asyncio.Socket, handler: Handler, peer: bool = False) -> None:
+        """How the socket factory reads a socket on this loop: handler(frames) for each message, or with
+        `peer` handler(frames, user_id), the name of the key the peer authenticated with."""
 
         handle = guarded(self.spec.name, handler)
 
         async def read() -> None:
             while True:
-                handle(await sock.recv_multipart())
+                if not peer:
+                    handle(await sock.recv_multipart())
+                    continue
+                frames = await sock.recv_multipart(copy=False)
+                handle([frame.bytes for frame in frames], frames[0].get("User-Id"))
 
         self.spawn(read())
 
@@ -122,9 +130,9 @@ class Forwarder:
             await asyncio.sleep(period)  # a periodic job on the event loop, not synchronisation
             callback()
 
-    def on_frames(self, frames: list[bytes]) -> None:
+    def on_frames(self, frames: list[bytes], peer: str | None) -> None:
         gaps = self.inbox.gaps
-        accepted = self.inbox.accept(frames)
+        accepted = self.inbox.accept(frames, peer)
         if not accepted:
             return
         message, _ = accepted

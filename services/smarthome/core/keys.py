@@ -1,0 +1,152 @@
+"""CurveZMQ keys: one keypair per service and one for the host tools; the public keys are the allow-list.
+
+Keys live in one directory ($SMARTHOME_KEYS; in compose a volume every container mounts read-only, filled by
+the one-shot `keys` service; on the host ./keys): NAME.key holds a public key, NAME.key_secret the pair,
+both in zmq.auth's certificate format. `smarthome keys` creates the missing ones; the secret files are
+never in the image, never in an env var, never committed.
+
+Who may say what (the Policy) follows from the config: a service may publish only its own topics, the
+broker relays what it has checked, and the host tools (the operator) may say anything.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.base import Authenticator
+
+from smarthome.core.config import BrokerConfig, Config, ConfigError, Publish
+from smarthome.core.envelope import HEARTBEAT_TOPIC
+from smarthome.core.identity import TOOLS, Identity
+
+KEYS_ENV = "SMARTHOME_KEYS"
+ZAP_DOMAIN = "smarthome"
+
+
+def keys_dir(config: Config) -> Path:
+    """$SMARTHOME_KEYS, or keys/ beside the config's folder (the project's keys/ for the shipped configs)."""
+    return Path(os.environ.get(KEYS_ENV) or Path(config.path).resolve().parent.parent / "keys")
+
+
+class KeyRing:
+    """The keys in one directory: our own pair, everyone's public key, and whose key a public key is."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._names: dict[bytes, str] = {}  # z85 public key -> name
+
+    def ensure(self, names: Iterable[str], owner: int | None = None) -> list[str]:
+        """Create the keypairs that are missing (under a lock: services starting together agree); the new names."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        created = []
+        with open(self.directory / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for name in names:
+                if not (self.directory / f"{name}.key_secret").exists():
+                    _, secret = zmq.auth.create_certificates(self.directory, name)
+                    os.chmod(secret, 0o600)
+                    created.append(name)
+                if owner is not None:  # compose: the services' user reads them, the host's user owns the tools'
+                    os.chown(self.directory / f"{name}.key_secret", owner if name != TOOLS else self.host_owner(), -1)
+        return created
+
+    def host_owner(self) -> int:
+        return self.directory.stat().st_uid
+
+    def pair(self, name: str) -> tuple[bytes, bytes]:
+        """(public, secret) of `name`, z85-encoded."""
+        public, secret = zmq.auth.load_certificate(self.directory / f"{name}.key_secret")
+        if secret is None:
+            raise FileNotFoundError(f"{name}.key_secret holds no secret key")
+        return public, secret
+
+    def public(self, name: str) -> bytes:
+        return zmq.auth.load_certificate(self.directory / f"{name}.key")[0]
+
+    def name_of(self, public: bytes) -> str | None:
+        """Whose key `public` (z85) is, or None: re-reads the directory for a key it does not know yet."""
+        if public not in self._names:
+            self._names = {self.public(path.stem): path.stem for path in self.directory.glob("*.key")}
+        return self._names.get(public)
+
+
+def key_names(config: Config) -> list[str]:
+    return [*config.services, TOOLS]
+
+
+class Keys:
+    """What one service needs for CURVE: its own pair, the key ring, and which server key to pin where."""
+
+    def __init__(self, me: Identity) -> None:
+        self.config = me.config
+        self.ring = KeyRing(keys_dir(me.config))
+        names = key_names(me.config)
+        try:
+            if not all((self.ring.directory / f"{name}.key_secret").exists() for name in names):
+                self.ring.ensure(names)  # first start: make them (in compose the `keys` service has)
+            self.public, self.secret = self.ring.pair(me.key)
+        except OSError as exc:
+            raise ConfigError(str(self.ring.directory), "", f"no CurveZMQ keys: {exc.strerror or exc}") from None
+
+    def server_key(self, endpoint: str) -> bytes:
+        """The public key of whoever binds `endpoint`: a client talks only to the server it meant."""
+        return self.ring.public(self.config.binder_of(endpoint) or "")
+
+
+class KeyAuthentication:
+    """ZAP for CURVE: a client is let in when its public key is in the key ring, and its User-Id (readable on
+    every message it sends) is the name of that key. Mixed into pyzmq's Authenticator for either loop."""
+
+    ring: KeyRing
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return self.ring.name_of(key) is not None
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        return self.ring.name_of(zmq.utils.z85.encode(client_public_key)) or "?"
+
+
+def authenticator(base: type[Authenticator], context: zmq.Context, ring: KeyRing) -> Authenticator:
+    """A started `base` (Authenticator, or AsyncioAuthenticator for the web) that admits the keys of `ring`."""
+    auth = type("Zap", (KeyAuthentication, base), {})(context)
+    auth.ring = ring
+    auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=auth)
+    auth.start()  # before any server socket binds, or its first clients would meet no ZAP handler
+    return auth
+
+
+def answer_zap(auth: Authenticator, frames: list[bytes]) -> None:
+    """Answer one ZAP request on the poller loop: the handler is a coroutine that never waits with our callback."""
+    step = auth.handle_zap_message(frames)
+    try:
+        step.send(None)
+    except StopIteration:
+        return
+    step.close()
+    raise RuntimeError("the ZAP handler waited, which a key-ring lookup never does")
+
+
+class Policy:
+    """Who may publish what, checked where a message first arrives (its peer's User-Id is known there)."""
+
+    def __init__(self, config: Config) -> None:
+        self.relays = {name for name, s in config.services.items() if isinstance(s, BrokerConfig)}
+        self.topics = {
+            name: {spec.topic for _, spec in s.sockets() if isinstance(spec, Publish)} | {HEARTBEAT_TOPIC}
+            for name, s in config.services.items()
+        }
+
+    def refuses(self, peer: str, sender: str, topic: str) -> str | None:
+        """Why `peer` may not send this message (None: it may)."""
+        if peer in self.relays or peer == TOOLS:
+            return None  # the broker checked it where it came in; the operator's tools may say anything
+        if sender.partition("@")[0] != peer:
+            return f"{peer} sent as {sender}"
+        if topic not in self.topics.get(peer, ()):
+            return f"{peer} may not publish '{topic}'"
+        return None

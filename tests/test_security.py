@@ -1,0 +1,115 @@
+"""CurveZMQ on every connection, the allow-list and who may say what, on real sockets on loopback (fast tier).
+
+A peer with an unknown key, or none, gets nothing and injects nothing; a known key may publish only its
+own topics, under its own name; only the commanders (web, host tools) may command.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+from smarthome.core.envelope import Message, encode
+from support import BROKER_CONFIG, ServiceProcess, endpoint, loopback_config, wait_until, with_key
+
+Start = Callable[..., ServiceProcess]
+REFUSED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+
+
+@pytest.fixture
+def context() -> Iterator[zmq.Context]:
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def refused(sock: zmq.Socket, endpoint: str) -> None:
+    """Connect `sock` to `endpoint` and wait until the handshake fails: the server would not have it."""
+    monitor = sock.get_monitor_socket(REFUSED)
+    sock.connect(endpoint)
+    wait_until(lambda: monitor.poll(100), f"the handshake at {endpoint} to be refused")
+    event, _ = struct.unpack("=HI", monitor.recv_multipart()[0])
+    assert event & REFUSED
+
+
+def stranger(context: zmq.Context, kind: int, config: Path, server: str) -> zmq.Socket:
+    """A socket with a key of its own, not on the allow-list (it does pin the real server's key)."""
+    sock = with_key(context.socket(kind), config, server=server)
+    sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+    return sock
+
+
+def test_an_unknown_key_or_none_gets_nothing_and_injects_nothing(
+    tmp_path: Path, run_service: Start, context: zmq.Context
+) -> None:
+    config = loopback_config(tmp_path)
+    switch = run_service("light-switch", config)
+    switch.wait_for("LIGHT SWITCH started")
+    light, commands = endpoint(config, "light-switch"), endpoint(config, "light-switch", "commands.bind")
+
+    known = with_key(context.socket(zmq.SUB), config, server="light-switch")  # the control: a known key
+    known.subscribe(b"")
+    known.connect(light)
+    for sock in (stranger(context, zmq.SUB, config, "light-switch"), context.socket(zmq.SUB)):
+        sock.subscribe(b"")
+        refused(sock, light)
+    wait_until(lambda: known.poll(100), "the known key to get the light's state")
+    assert json.loads(known.recv_multipart()[1])["body"] == {"state": "ON"}
+
+    for sock in (stranger(context, zmq.PUB, config, "light-switch"), context.socket(zmq.PUB)):
+        refused(sock, commands)
+        for _ in range(10):
+            sock.send_multipart(encode(Message("light-set", "web@evil", 1, 1, time.time(), {"state": "OFF"})))
+    switch.wait_for("LIGHT SWITCH has a new subscriber")  # the known subscriber was served meanwhile
+    assert switch.count("switched") == 0
+
+
+def commander(context: zmq.Context, config: Path, key: str, at: str, server: str) -> zmq.Socket:
+    """A publisher with the key of `key`, connected to `at`, once that subscriber is there."""
+    sock = with_key(context.socket(zmq.XPUB), config, key, server=server)
+    sock.connect(at)
+    wait_until(lambda: sock.poll(100), f"a subscriber at {at}")
+    return sock
+
+
+def test_an_appliance_key_cannot_command_nor_speak_for_another(
+    tmp_path: Path, run_service: Start, context: zmq.Context
+) -> None:
+    config = loopback_config(tmp_path)
+    switch = run_service("light-switch", config)
+    switch.wait_for("LIGHT SWITCH started")
+    toaster = commander(context, config, "toaster", endpoint(config, "light-switch", "commands.bind"), "light-switch")
+    toaster.send_multipart(encode(Message("light-set", "toaster@x", 1, 1, time.time(), {"state": "OFF"})))
+    switch.wait_for("dropped a message on 'light-set': toaster may not publish 'light-set'")
+    toaster.send_multipart(encode(Message("light-set", "web@x", 1, 2, time.time(), {"state": "OFF"})))
+    switch.wait_for("dropped a message on 'light-set': toaster sent as web@x")
+    assert switch.count("switched") == 0
+
+    web = commander(context, config, "web", endpoint(config, "light-switch", "commands.bind"), "light-switch")
+    web.send_multipart(encode(Message("light-set", "web@x", 1, 1, time.time(), {"state": "OFF"})))
+    switch.wait_for("LIGHT SWITCH switched OFF by web@x")  # the same command from a commander's key
+
+
+def test_a_spoofed_sender_is_dropped_where_it_comes_in_the_broker(
+    tmp_path: Path, run_service: Start, context: zmq.Context
+) -> None:
+    config = loopback_config(tmp_path, BROKER_CONFIG)
+    broker = run_service("broker", config)
+    broker.wait_for("BROKER started")
+    listener = with_key(context.socket(zmq.SUB), config, server="broker")
+    listener.subscribe(b"light")
+    listener.connect(endpoint(config, "broker", "subscribers"))
+    broker.wait_for("BROKER subscribe 'light'")
+    coffee = commander(context, config, "coffee-maker", endpoint(config, "broker", "publishers"), "broker")
+    # With seq 2**62 it would once have outranked the real switch's every message until the switch restarted.
+    coffee.send_multipart(encode(Message("light", "light-switch@evil", 1, 2**62, time.time(), {"state": "OFF"})))
+    broker.wait_for("BROKER dropped a message on 'light': coffee-maker sent as light-switch@evil")
+    tools = commander(context, config, "tools", endpoint(config, "broker", "publishers"), "broker")
+    tools.send_multipart(encode(Message("light", "smarthome-cli@x", 1, 1, time.time(), {"state": "ON"})))
+    wait_until(lambda: listener.poll(100), "the operator's message through the broker")
+    assert json.loads(listener.recv_multipart()[1])["sender"] == "smarthome-cli@x"  # and not the spoof before it
