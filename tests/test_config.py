@@ -79,6 +79,30 @@ BROKEN = {
         "expected 'int', got 'str'",
     ),
     "not YAML": ("services:", "services: [", "line", "not valid YAML"),
+    # What is dangerous: refused unless it is made safe.
+    "privileged port": ('"tcp://*:5558"', '"tcp://*:22"', "services.toaster.publish.bind", "port 22 is privileged"),
+    "web on a privileged port": ("port: 8080", "port: 80", "services.web.port", "expected 'int' >= 1024"),
+    "heartbeat too fast": (
+        "heartbeat_interval: 1 ",
+        "heartbeat_interval: 0.000000001 ",
+        "heartbeat_interval",
+        ">= 0.05",
+    ),
+    "messages too big": (
+        "max_message_bytes: 65536",
+        "max_message_bytes: 4611686018427387904",
+        "max_message_bytes",
+        "<=",
+    ),
+    "control characters in a name": ("name: TOASTER", 'name: "TOAST\\nINFO forged"', "services.toaster.name", "regex"),
+    "service name that is a path": ("  toaster:\n", "  ../toaster:\n", "services", "a key: expected 'str' matching"),
+    "alias bomb": ("max_message_bytes: 65536", "x: &a [1, 1]\ny: [*a, *a]\nmax_message_bytes: 65536", "", "aliases"),
+    "open commands without CurveZMQ": (
+        "max_message_bytes: 65536",
+        "curve: false\nmax_message_bytes: 65536",
+        "services.light-switch.commands.bind",
+        "commands open to the whole network need 'curve: true'",
+    ),
 }
 
 
@@ -100,6 +124,13 @@ def test_each_config_error_names_file_key_and_problem(tmp_path: Path, case: str)
     assert message.startswith(f"{path}: {key}"), message
     assert problem in message
     assert "\n" not in message
+
+
+def test_a_huge_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yml"
+    path.write_text(SHIPPED_CONFIG.read_text() + "#" * (2 << 20))
+    with pytest.raises(ConfigError, match=r"huge\.yml: larger than 1024 KiB: not a config"):
+        load_config(path)
 
 
 def test_missing_file_is_one_line(tmp_path: Path) -> None:

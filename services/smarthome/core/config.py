@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
@@ -23,8 +22,11 @@ CONFIG_ENV = "SMARTHOME_CONFIG"
 HOST_PORT_ENV = "SMARTHOME_HOST_PORT_{}"  # the host port compose publishes container port {} on
 LOOPBACK_ENV = "SMARTHOME_LOOPBACK"  # "1": run every endpoint on 127.0.0.1 (local no-Docker mode)
 
-Topic = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]*$")]
-Seconds = Annotated[float, msgspec.Meta(ge=0)]
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML; a bigger file is refused before it is parsed
+Topic = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+ServiceName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{0,39}$")]  # also names its key file
+DisplayName = Annotated[str, msgspec.Meta(pattern=r"^[^\x00-\x1f\x7f]{1,40}$")]  # printable: it goes in every log line
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=86_400)]
 _ENDPOINT = re.compile(r"^tcp://(?P<host>\*|[A-Za-z0-9][A-Za-z0-9.-]*):(?P<port>\d{1,5})$")
 
 
@@ -49,7 +51,7 @@ class Subscribe(_Strict):
 
 
 class _Service(_Strict, tag_field="role"):
-    name: str  # display name used in log lines, e.g. "COFFEE MAKER"
+    name: DisplayName  # display name used in log lines, e.g. "COFFEE MAKER"
 
     @property
     def role(self) -> str:
@@ -102,10 +104,10 @@ class BrokerConfig(_Service, tag="broker"):
 
 
 class WebConfig(_Service, tag="web"):
-    port: Annotated[int, msgspec.Meta(ge=1, le=65535)]  # HTTP: the dashboard, /ws and /healthz
+    port: Annotated[int, msgspec.Meta(ge=1024, le=65535)]  # HTTP: the dashboard, /ws and /healthz
     subscribe: Subscribe  # every topic to forward (empty list: all)
     commands: Publish  # where browser commands go: the light switches' commands topic
-    client_queue: Annotated[int, msgspec.Meta(ge=1)]  # messages a browser may fall behind before it is dropped
+    client_queue: Annotated[int, msgspec.Meta(ge=1, le=100_000)]  # messages a browser may lag before it is dropped
 
 
 ServiceConfig = LightSwitchConfig | ApplianceConfig | MirrorConfig | RadioConfig | BrokerConfig | WebConfig
@@ -121,11 +123,11 @@ class Zmtp(_Strict):
 
 
 class _Settings(_Strict):
-    max_message_bytes: Annotated[int, msgspec.Meta(ge=1024)]  # larger peers are disconnected
-    heartbeat_interval: Annotated[float, msgspec.Meta(gt=0)]  # seconds between every publisher's heartbeats
-    offline_after: Annotated[int, msgspec.Meta(ge=1)]  # missed heartbeats before a sender is gone
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=1024, le=16 << 20)]  # larger peers are disconnected
+    heartbeat_interval: Annotated[float, msgspec.Meta(ge=0.05, le=60)]  # seconds between each publisher's heartbeats
+    offline_after: Annotated[int, msgspec.Meta(ge=1, le=100)]  # missed heartbeats before a sender is gone
     zmtp: Zmtp
-    services: dict[str, Any]
+    services: dict[ServiceName, Any]
     curve: bool = True  # CurveZMQ on every connection: encrypted, and only known keys get in
 
 
@@ -183,7 +185,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Read, validate and (in loopback mode) localise the config at `path` or $SMARTHOME_CONFIG."""
     path = str(path or os.environ.get(CONFIG_ENV) or "config/smarthome.yml")
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        with open(path, "rb") as file:
+            text = file.read(MAX_CONFIG_BYTES + 1)
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError(path, "", f"larger than {MAX_CONFIG_BYTES >> 10} KiB: not a config")
+        raw = yaml.load(text.decode("utf-8", errors="replace"), _NoAliases)
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
@@ -208,6 +214,15 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     )
     _check_wiring(config)
     return config
+
+
+class _NoAliases(yaml.SafeLoader):
+    """YAML without anchors and aliases: an alias bomb must be refused before anything expands it."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError(f"aliases are not allowed (line {self.peek_event().start_mark.line + 1})")
+        return super().compose_node(parent, index)
 
 
 def _convert(path: str, key: str, raw: Any, schema: Any) -> Any:
@@ -236,6 +251,11 @@ def _check_wiring(config: Config) -> None:
             for i, topic in enumerate(spec.topics):
                 if topic not in published:
                     raise ConfigError(config.path, f"{key}.topics[{i}]", f"topic '{topic}' is published by no service")
+        commands = dict(service.sockets()).get("commands")
+        if not config.curve and isinstance(commands, Subscribe) and commands.bind and "*" in commands.bind:
+            raise ConfigError(
+                config.path, f"services.{name}.commands.bind", "commands open to the whole network need 'curve: true'"
+            )
     for name, service in config.services.items():  # a typo in a port, and whose CurveZMQ key would a client pin?
         for key, endpoint, connecting in service.endpoints():
             if connecting and config.binder_of(endpoint) is None:
@@ -248,6 +268,8 @@ def _check_endpoint(path: str, key: str, endpoint: str, connect: bool) -> None:
         raise ConfigError(path, key, f"malformed endpoint '{endpoint}': expected tcp://HOST:PORT")
     if connect and match["host"] == "*":
         raise ConfigError(path, key, f"cannot connect to '{endpoint}': '*' is only for bind")
+    if not connect and int(match["port"]) < 1024:
+        raise ConfigError(path, key, f"port {match['port']} is privileged (below 1024): pick another")
 
 
 def to_loopback(endpoint: str) -> str:

@@ -7,7 +7,10 @@ _WORDING = {"Object missing required field": "missing key", "Object contains unk
 
 def explain(exc: msgspec.ValidationError) -> tuple[str, str]:
     """(problem, key path): "Expected `int`, got `str` - at `$.a.b`" -> ("expected 'int', got 'str'", "a.b")."""
-    problem, _, where = str(exc).partition(" - at `$")
+    problem, _, where = str(exc).partition(" - at `")
+    if where.startswith("key` in `"):  # a mapping's key is wrong, not its value
+        problem, where = f"a key: {problem[0].lower()}{problem[1:]}", where.removeprefix("key` in `")
+    where = where.removeprefix("$")
     for theirs, ours in _WORDING.items():
         problem = problem.replace(theirs, ours)
     problem = problem.replace("`", "'")
