@@ -411,11 +411,11 @@ def test_a_stack_on_other_host_ports_logs_json_and_the_tools_follow_it(
     assert f"reached a subscriber to 'light-set' at tcp://127.0.0.1:{ports[5555]}" in switched.stderr
     seen = smarthome(SHIPPED_CONFIG, "sub", "light", "--count", "1")
     assert seen.stdout.startswith("light light-switch@") and seen.stdout.endswith('{"state": "OFF"}\n'), seen
-    stack.wait_for("light-switch", "LIGHT SWITCH switched OFF by smarthome-cli@")
+    stack.logs("light-switch").wait_for("LIGHT SWITCH switched OFF by smarthome-cli@")
     stack.compose("stop")
     [container] = stack.containers("light-switch")
     container.reload()
     assert container.attrs["State"]["ExitCode"] == 0
-    entries = [json.loads(line) for line in stack.log_lines("light-switch")]  # every line one JSON object
+    entries = [json.loads(line) for line in stack.logs("light-switch").log_lines()]  # every line one JSON object
     assert all(UTC_TIME.match(e["time"]) for e in entries)
     assert entries[-1]["message"] == "LIGHT SWITCH stopped"
