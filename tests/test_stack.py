@@ -13,7 +13,7 @@ import json
 
 import aiohttp
 import pytest
-from support import ALL_READY, BROKER_CONFIG, BROKER_FILES, Stack, mirror_shows, smarthome, wait_until
+from support import ALL_READY, BROKER_CONFIG, BROKER_FILES, ROOT, Stack, mirror_shows, smarthome, wait_until
 
 pytestmark = pytest.mark.docker
 
@@ -46,6 +46,49 @@ def test_the_stack_runs_the_routine_survives_restarts_and_stops_cleanly(stack: S
     stack.logs("smart-mirror").wait_for(toast_ready, times=ready_before + 1)
     wait_until(lambda: stack.logs("smart-mirror").last("MIRROR coffee=") == ALL_READY, "all ready", 60, stack.all_logs)
 
+    stack.stop_and_check_exit_codes()
+
+
+# Run on the compose network by a container of the test's own, with a keypair of its own: it knows the light
+# switch's public key (public keys are no secret) and tries to listen and to command. It prints what happened.
+INTRUDER = """
+import struct, time, zmq
+context = zmq.Context()
+refused = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+outcome = {}
+for kind, port in ((zmq.SUB, 5556), (zmq.PUB, 5555)):
+    sock = context.socket(kind)
+    sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+    sock.curve_serverkey = open("/switch.key").read().split('public-key = "')[1].split('"')[0].encode()
+    if kind == zmq.SUB:
+        sock.subscribe(b"")
+    monitor = sock.get_monitor_socket(refused)
+    sock.connect(f"tcp://light-switch:{port}")
+    outcome[port] = "refused" if monitor.poll(20_000) else "let in"
+    if kind == zmq.PUB:
+        for seq in range(1, 11):
+            body = b'{"sender":"web@x","boot":1,"seq":%d,"ts":0,"body":{"state":"OFF"}}' % seq
+            sock.send_multipart([b"light-set", body])
+    else:
+        outcome["got"] = sock.poll(1000)
+print(outcome[5556], outcome[5555], "got" if outcome["got"] else "nothing", flush=True)
+context.destroy(linger=1000)
+"""
+
+
+def test_a_container_without_a_known_key_gets_nothing_and_cannot_switch_the_light(stack: Stack) -> None:
+    stack.compose("up", "--detach", "--wait", "--wait-timeout", "60")
+    wait_for_the_morning_routine(stack)
+    [switch] = stack.containers("light-switch")
+    output = stack.engine.containers.run(
+        switch.image.id,
+        entrypoint=["python", "-c", INTRUDER],
+        network=stack.network("home").name,
+        volumes={str(ROOT / "keys" / "light-switch.key"): {"bind": "/switch.key", "mode": "ro"}},
+        remove=True,
+    )
+    assert output.decode().split() == ["refused", "refused", "nothing"]
+    assert stack.logs("light-switch").count("switched") == 0
     stack.stop_and_check_exit_codes()
 
 
