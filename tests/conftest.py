@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import zmq
 from support import ServiceProcess, Stack, unavailable
 
 if TYPE_CHECKING:
@@ -22,6 +23,14 @@ if TYPE_CHECKING:
 # every tier must run, it stays and fails).
 if importlib.util.find_spec("playwright") is None and os.environ.get("CI") != "true":
     collect_ignore = ["test_dashboard.py"]
+
+
+@pytest.fixture
+def context() -> Iterator[zmq.Context]:
+    """A zmq context for the test's own sockets, closed at the end."""
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
 
 
 @pytest.fixture

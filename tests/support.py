@@ -32,6 +32,7 @@ BROKER_CONFIG = ROOT / "config" / "smarthome.broker.yml"
 BROKER_FILES = ("docker-compose.yml", "docker-compose.broker.yml")  # the broker wiring's compose files
 DEADLINE = 15.0  # seconds any awaited condition may take before a test fails
 COMPOSE_TIMEOUT = 300  # seconds for one compose command (a first build installs dependencies)
+BROKER_ROUTINE = ["broker", "light-switch", "kitchen-light", "coffee-maker", "toaster", "smart-mirror", "radio"]
 ALL_READY = "MIRROR coffee=ready toast=ready"
 ALL_IDLE = "MIRROR coffee=idle toast=idle"
 SMARTHOME = str(Path(sys.executable).with_name("smarthome"))  # the command `pip install` made, next to python

@@ -11,7 +11,7 @@ import json
 import random
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -97,13 +97,6 @@ def fuzz(sock: zmq.Socket, make: Callable[[random.Random], list[bytes]], seed: i
 def rss_mib(service: ServiceProcess) -> float:
     status = Path(f"/proc/{service.proc.pid}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
-
-
-@pytest.fixture
-def context() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 def attacker(context: zmq.Context, kind: int, endpoint: str, config: Path, server: str) -> zmq.Socket:

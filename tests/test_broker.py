@@ -16,6 +16,7 @@ from smarthome.core.envelope import Message, encode
 from support import (
     ALL_READY,
     BROKER_CONFIG,
+    BROKER_ROUTINE,
     DEADLINE,
     ServiceProcess,
     endpoint,
@@ -26,7 +27,6 @@ from support import (
 )
 
 Start = Callable[..., ServiceProcess]
-ROUTINE = ["broker", "light-switch", "kitchen-light", "coffee-maker", "toaster", "smart-mirror", "radio"]
 
 
 @pytest.fixture
@@ -36,16 +36,9 @@ def config(tmp_path: Path) -> Path:
     )
 
 
-@pytest.fixture
-def context() -> zmq.Context:
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
 def test_every_subscriber_hears_every_publisher_through_the_broker(config: Path, run_service: Start) -> None:
     # Subscribers first and the broker last: every connection has to be retried and still work.
-    services = {name: run_service(name, config) for name in reversed(ROUTINE)}
+    services = {name: run_service(name, config) for name in reversed(BROKER_ROUTINE)}
     radio = services["radio"]
     radio.wait_for("from light-switch@")
     radio.wait_for("from kitchen-light@")

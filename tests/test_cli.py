@@ -20,6 +20,7 @@ from support import (
     ALL_IDLE,
     ALL_READY,
     BROKER_CONFIG,
+    BROKER_ROUTINE,
     ROOT,
     SHIPPED_CONFIG,
     SMARTHOME,
@@ -33,7 +34,6 @@ from support import (
 )
 
 Start = Callable[..., ServiceProcess]
-ROUTINE = ["broker", "light-switch", "kitchen-light", "coffee-maker", "toaster", "smart-mirror", "radio"]
 TEXT = {"capture_output": True, "text": True, "timeout": 60}
 UTC_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -71,7 +71,7 @@ def one_line(result: subprocess.CompletedProcess, code: int, start: str) -> str:
 
 
 def test_host_tools_switch_the_light_and_see_the_stream(config: Path, run_service: Start) -> None:
-    services = {name: run_service(name, config) for name in ROUTINE}
+    services = {name: run_service(name, config) for name in BROKER_ROUTINE}
     mirror = services["smart-mirror"]
     mirror.wait_for(ALL_READY)
 

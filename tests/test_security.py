@@ -9,23 +9,15 @@ from __future__ import annotations
 import json
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import zmq
 from smarthome.core.envelope import Message, encode
 from support import BROKER_CONFIG, ServiceProcess, endpoint, loopback_config, wait_until, with_key
 
 Start = Callable[..., ServiceProcess]
 REFUSED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-
-
-@pytest.fixture
-def context() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 def refused(sock: zmq.Socket, endpoint: str) -> None:
