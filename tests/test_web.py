@@ -31,9 +31,8 @@ DEADLINE = 15.0
 @pytest.fixture
 def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SMARTHOME_LOOPBACK", "1")
-    return loopback_config(
-        tmp_path, heartbeat_interval=0.1, **{"services.web.client_queue": 64, "services.web.offline_after": 3}
-    )
+    changes = {"services.web.client_queue": 64, "services.web.offline_after": 3, "services.web.command_burst": 20}
+    return loopback_config(tmp_path, heartbeat_interval=0.1, **changes)
 
 
 class Appliances:
