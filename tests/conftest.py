@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import docker
 import pytest
+import zmq.asyncio
 from support import ServiceProcess, Stack, unavailable
 
 
@@ -26,6 +27,13 @@ def run_service() -> Iterator[Callable[..., ServiceProcess]]:
     for service in started:
         service.stop()
     print("\n".join(s.output() for s in started))
+
+
+@pytest.fixture
+async def zmq_context() -> AsyncIterator[zmq.asyncio.Context]:
+    context = zmq.asyncio.Context()
+    yield context
+    context.destroy(linger=0)
 
 
 # --- the Docker tier ---

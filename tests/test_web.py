@@ -10,7 +10,6 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +48,6 @@ class Appliances:
     async def send(self, topic: str, body: dict[str, Any], sender: str = "toaster@test") -> None:
         self.seq += 1
         await self.sock.send_multipart(encode(Message(topic, sender, 1, self.seq, time.time(), body)))
-
-
-@pytest.fixture
-async def zmq_context() -> AsyncIterator[zmq.asyncio.Context]:
-    context = zmq.asyncio.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 @pytest.fixture

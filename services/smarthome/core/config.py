@@ -93,8 +93,8 @@ class WebConfig(_Service, tag="web"):
     access_token_file: str | None = None  # a file (e.g. a compose secret) holding the token for /ws
     token_free_peers: list[str] = []  # peer IPs/networks that need no token; "docker-host": the Docker host
     max_browsers: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 32
-    command_rate: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 2.0  # commands per second per browser...
-    command_burst: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5  # ...after a burst of this many
+    command_rate: Annotated[float, msgspec.Meta(gt=0, le=100_000)] = 2.0  # commands per second per browser...
+    command_burst: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5  # ...after a burst of this many
     header_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0  # seconds to send a request's headers
 
 

@@ -256,22 +256,18 @@ def make_app(service: Service, spec: WebConfig) -> web.Application:
 def main(service: Service, spec: WebConfig) -> int:
     """Serve until SIGTERM/SIGINT, then close browsers with 'going away' and exit 0."""
     app = make_app(service, spec)
-    asyncio.run(serve(app, listen_host(spec), spec.port, spec.name, spec.header_timeout))
+    asyncio.run(serve(app, listen_host(spec), spec.port, spec.name, **app[FORWARDER].guard.server_options()))
     log.info("%s stopped", spec.name)
     return 0
 
 
-async def serve(app: web.Application, host: str, port: int, label: str, header_timeout: float) -> None:
+async def serve(app: web.Application, host: str, port: int, label: str, **options: Any) -> None:
     # Our own signal handling rather than run_app's: a second signal (Ctrl-C reaches a whole process group,
     # and `smarthome local` forwards SIGTERM too) must not interrupt a shutdown already under way.
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    # keepalive_timeout is aiohttp's only clock on a connection that has not sent a whole request yet: it also
-    # closes one that stalls half-way through its headers (a new connection starts it, each response restarts it).
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=1, keepalive_timeout=header_timeout
-    )
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1, **options)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     log.info("%s started on port %d", label, port)  # only now: a client may connect as soon as it reads this

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import WSMessage, WSMsgType, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from smarthome.core.config import DOCKER_HOST, LOOPBACK_ENV, ConfigError, WebConfig
 
@@ -114,6 +115,21 @@ class QuietLog:
         self.logger.warning("%s", message)
 
 
+class RequestErrors(logging.LoggerAdapter):
+    """aiohttp's server log, where a malformed request (no Host in HTTP/1.1, a bad request line) is one
+    rate-limited warning instead of an ERROR with a traceback; anything else goes through unchanged."""
+
+    def __init__(self, quiet: Callable[[str], None]) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self.quiet = quiet
+
+    def exception(self, msg: object, *args: object, exc_info: object = True, **kwargs: object) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.quiet(f"{str(msg) % args}: {exc_info.code} {exc_info.message}")
+        else:
+            self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)  # type: ignore[arg-type]
+
+
 class Guard:
     """Admission for the forwarder's routes and per-browser limits, from the web service's config."""
 
@@ -150,6 +166,12 @@ class Guard:
                 log.warning("%s found no Docker host (not in a container?): '%s' frees nobody", spec.name, DOCKER_HOST)
             peers += [gateway] if gateway else []
         return peers
+
+    def server_options(self) -> dict[str, object]:
+        """For aiohttp's AppRunner: the header-read deadline and the quiet log of malformed requests."""
+        # keepalive_timeout is aiohttp's only clock on a connection that has not sent a whole request: it starts
+        # with the connection (each response restarts it) and closes one still waiting for its headers by then.
+        return {"keepalive_timeout": self.spec.header_timeout, "logger": RequestErrors(self.warn)}
 
     def install(self, app: web.Application) -> None:
         app.middlewares.append(self.admit)
