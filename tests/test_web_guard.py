@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,13 @@ import pytest
 import zmq.asyncio
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestServer
+from playwright.async_api import async_playwright, expect
 from smarthome.core.config import ConfigError, load_config
 from smarthome.core.runtime import Service
 from smarthome.web.forwarder import FORWARDER, MAX_COMMAND_BYTES, make_app
 from smarthome.web.guard import TOKEN_REQUIRED
-from support import DEADLINE, free_port, loopback_config
+from support import DEADLINE, free_port, loopback_config, unavailable
+from test_dashboard import CHROMIUM, CHROMIUM_ARGS
 from test_web import Appliances, next_error, next_event
 
 TOKEN = "correct-horse-battery-staple-42"
@@ -279,3 +282,30 @@ async def test_a_half_sent_request_is_closed_after_header_timeout(tmp_path: Path
         writer.close()
     answer = await raw_http(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_the_page_asks_for_the_token_once_and_keeps_it_for_the_session(web: Any, tmp_path: Path) -> None:
+    if not shutil.which(CHROMIUM):
+        unavailable(f"no {CHROMIUM} (install Debian's chromium; .ci/test does)")
+    token_file = tmp_path / "web-token"
+    token_file.write_text(TOKEN)
+    client, _, _ = await web(in_container=True, bind_host="0.0.0.0", access_token_file=str(token_file))
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(str(client.make_url("/")))
+            status, form = page.locator("#connection"), page.locator("#token-form")
+            await expect(status).to_have_text("access token required")
+            await page.fill("#token", "a-wrong-token-of-some-length")
+            await page.click("#token-form button")
+            await expect(form).to_be_visible()  # asked again
+            await page.fill("#token", TOKEN)
+            await page.click("#token-form button")
+            await expect(status).to_have_text("live")
+            await expect(form).to_be_hidden()
+            await page.reload()  # the same tab's session: not asked again
+            await expect(status).to_have_text("live")
+            await expect(form).to_be_hidden()
+        finally:
+            await browser.close()
