@@ -148,7 +148,7 @@ async def test_binding_beyond_loopback_without_a_token_is_a_config_error(
     with pytest.raises(ConfigError, match=r"services.web.bind_host: binding 0.0.0.0 \(beyond loopback\) needs"):
         load_config(config)
     (tmp_path / "short").write_text("12345")
-    with pytest.raises(ConfigError, match="the access token needs 16"):
+    with pytest.raises(ConfigError, match="short: the access token needs 16 characters or more"):
         await web(in_container=True, bind_host="0.0.0.0", access_token_file=str(tmp_path / "short"))
     # A listed peer (here the test's own loopback, as the Docker host is in compose) needs none.
     client, _, _ = await web(in_container=True, bind_host="0.0.0.0", token_free_peers=["127.0.0.0/8"])

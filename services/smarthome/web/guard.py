@@ -110,7 +110,7 @@ class QuietLog:
             self.held_back += 1
             return
         if self.held_back:
-            message += f" ({self.held_back} similar lines held back)"
+            message += f" ({self.held_back} more warnings held back)"
             self.held_back = 0
         self.logger.warning("%s", message)
 
@@ -148,13 +148,13 @@ class Guard:
     def _read_token(spec: WebConfig) -> bytes | None:
         if not spec.access_token_file:
             return None
-        key = f"services.{spec.name}.access_token_file"
+        path = spec.access_token_file
         try:
-            token = Path(spec.access_token_file).read_text(encoding="utf-8").strip().encode()
+            token = Path(path).read_text(encoding="utf-8").strip().encode()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(spec.access_token_file, key, f"cannot read the access token: {exc}") from None
+            raise ConfigError(path, "", f"cannot read the access token: {exc}") from None
         if len(token) < MIN_TOKEN_CHARS:
-            raise ConfigError(spec.access_token_file, key, f"the access token needs {MIN_TOKEN_CHARS}+ characters")
+            raise ConfigError(path, "", f"the access token needs {MIN_TOKEN_CHARS} characters or more")
         return token
 
     @staticmethod
