@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 import zmq
+import zmq.asyncio
 from support import ServiceProcess, Stack, unavailable
 
 if TYPE_CHECKING:
@@ -49,6 +50,13 @@ def run_service() -> Iterator[Callable[..., ServiceProcess]]:
     for service in started:
         service.stop()
     print("\n".join(s.output() for s in started))
+
+
+@pytest.fixture
+async def zmq_context() -> AsyncIterator[zmq.asyncio.Context]:
+    context = zmq.asyncio.Context()
+    yield context
+    context.destroy(linger=0)
 
 
 # --- the Docker tier ---

@@ -30,6 +30,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / "config" / "smarthome.yml"
 BROKER_CONFIG = ROOT / "config" / "smarthome.broker.yml"
 BROKER_FILES = ("docker-compose.yml", "docker-compose.broker.yml")  # the broker wiring's compose files
+# Debian's Chromium, driven by Playwright (never `playwright install`), as the browser tests launch it.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-proxy-server",
+    "--host-resolver-rules=MAP evil.example 127.0.0.1",  # DNS rebinding, without a DNS server
+]
 DEADLINE = 15.0  # seconds any awaited condition may take before a test fails
 COMPOSE_TIMEOUT = 300  # seconds for one compose command (a first build installs dependencies)
 BROKER_ROUTINE = ["broker", "light-switch", "kitchen-light", "coffee-maker", "toaster", "smart-mirror", "radio"]

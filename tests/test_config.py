@@ -103,6 +103,30 @@ BROKEN = {
         "services.light-switch.commands.bind",
         "commands open to the whole network need 'curve: true'",
     ),
+    "bind_host not an address": (
+        "bind_host: 0.0.0.0",
+        "bind_host: example.org",
+        "services.web.bind_host",
+        "'example.org' is not an IP address",
+    ),
+    "beyond loopback, no token": (
+        "token_free_peers: [docker-host]",
+        "token_free_peers: []",
+        "services.web.bind_host",
+        "binding 0.0.0.0 (beyond loopback) needs 'access_token_file'",
+    ),
+    "token-free peer not a network": (
+        "token_free_peers: [docker-host]",
+        "token_free_peers: [docker-hots]",
+        "services.web.token_free_peers[0]",
+        "'docker-hots' is neither an IP address, a network nor 'docker-host'",
+    ),
+    "host header with a slash": (
+        "allowed_hosts: []",
+        "allowed_hosts: [evil.example/x]",
+        "services.web.allowed_hosts[0]",
+        "expected 'str' matching regex",
+    ),
 }
 
 

@@ -4,30 +4,27 @@ Needs Debian's chromium (`/usr/bin/chromium`, installed by .ci/test) and the pla
 `playwright install`. Saves screenshots to tests/out/screenshots/ (ignored by git). The README's copies in
 tests/screenshots/ are refreshed on purpose:
     SMARTHOME_SCREENSHOTS=tests/screenshots bash .ci/test tests/test_dashboard.py
+
+The same browser then visits a page of another origin (served by the test on another 127.0.0.1 port) and a
+rebinding name (evil.example, which this Chromium resolves to 127.0.0.1), as a user who opens a hostile
+site while the dashboard runs: neither may read /ws nor switch the light.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from support import ALL_READY, ROOT, Stack, unavailable
+from support import ALL_READY, CHROMIUM, CHROMIUM_ARGS, ROOT, Stack, free_port, unavailable
 
 pytestmark = pytest.mark.docker
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = ROOT / os.environ.get("SMARTHOME_SCREENSHOTS", "tests/out/screenshots")
 URL = "http://127.0.0.1:8080/"
 WAIT_MS = 30_000
@@ -43,6 +40,44 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
+# What a hostile page does: open /ws on every name of the dashboard, count what it reads, send a command.
+ATTACK = """<!doctype html><title>not the dashboard</title><script>
+window.attack = {opened: 0, read: 0, closed: [], fetched: null};
+for (const url of ["ws://127.0.0.1:8080/ws", "ws://localhost:8080/ws", "ws://[::1]:8080/ws"]) {
+  const ws = new WebSocket(url);
+  ws.onopen = () => { attack.opened++; ws.send(JSON.stringify({command: "light", state: "OFF"})); };
+  ws.onmessage = () => { attack.read++; };
+  ws.onclose = (event) => { attack.closed.push(event.code); };
+}
+fetch("http://127.0.0.1:8080/healthz").then((r) => r.text()).then((t) => { attack.fetched = t; },
+                                                                  () => { attack.fetched = "blocked"; });
+</script>"""
+
+
+class AttackPage(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(ATTACK.encode())
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+
+@pytest.fixture
+def other_origin() -> Iterator[str]:
+    """The URL of a page from another origin: the same 127.0.0.1, another port."""
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), AttackPage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def card(page: Page, topic: str) -> object:
     return page.locator(f'.card[data-topic="{topic}"]')
 
@@ -55,7 +90,7 @@ def shot(page: Page, name: str) -> Path:
 
 
 def test_the_dashboard_shows_the_routine_switches_the_light_and_sees_an_appliance_go(
-    stack: Stack, browser: Browser
+    stack: Stack, browser: Browser, other_origin: str
 ) -> None:
     stack.compose("up", "--detach", "--wait", "--wait-timeout", "60")
     stack.logs("smart-mirror").wait_for(ALL_READY)
@@ -85,8 +120,42 @@ def test_the_dashboard_shows_the_routine_switches_the_light_and_sees_an_applianc
     assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "scrolls sideways"
     shot(phone, "dashboard-phone.png")
 
+    a_hostile_page_can_neither_read_nor_drive_the_home(stack, browser, other_origin)
+    from_another_container_ws_needs_the_token(stack)
+
     stack.compose("stop", "toaster")
     expect(card(page, "toast")).to_have_attribute("data-online", "false", timeout=WAIT_MS)
     expect(card(page, "coffee")).to_have_attribute("data-online", "true")
     shot(page, "dashboard-toaster-offline.png")
     stack.stop_and_check_exit_codes()
+
+
+def a_hostile_page_can_neither_read_nor_drive_the_home(stack: Stack, browser: Browser, other_origin: str) -> None:
+    switched = stack.count("light-switch", "switched")
+    hostile = browser.new_page()
+    hostile.goto(other_origin)
+    hostile.wait_for_function("attack.closed.length === 3 && attack.fetched !== null", timeout=WAIT_MS)
+    attack = hostile.evaluate("attack")
+    assert attack == {"opened": 0, "read": 0, "closed": [1006] * 3, "fetched": "blocked"}, attack
+    stack.wait_for("web", "refused /ws from")  # refused for its Origin, before any upgrade
+    assert f"Origin '{other_origin.rstrip('/')}'" in stack.last("web", "WEB refused /ws")
+
+    rebound = hostile.goto("http://evil.example:8080/")  # the name now points at 127.0.0.1: same-origin to it
+    assert rebound is not None and rebound.status == 403
+    hostile.close()
+    stack.wait_for("web", "unknown Host 'evil.example:8080'")
+    assert stack.count("light-switch", "switched") == switched, "a hostile page switched the light"
+
+
+def from_another_container_ws_needs_the_token(stack: Stack) -> None:
+    """Only the host's loopback reaches the dashboard without a token: a container on its network does not."""
+    probe = (
+        "import asyncio, aiohttp\n"
+        "async def main():\n"
+        "    async with aiohttp.ClientSession() as s, s.ws_connect('http://web:8080/ws',"
+        " headers={'Host': '127.0.0.1:8080'}) as ws:\n"
+        "        m = await ws.receive(); print(m.type.name, m.data)\n"
+        "asyncio.run(main())\n"
+    )
+    out = stack.compose("exec", "-T", "light-switch", "python", "-c", probe)
+    assert out.strip() == "CLOSE 4401", out

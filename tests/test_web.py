@@ -10,7 +10,6 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,8 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SMARTHOME_LOOPBACK", "1")
     # One test publisher plays many senders, which CurveZMQ's policy would rightly refuse: these tests are about
     # the forwarder's fan-out; keys and the policy are tested in test_security.py.
-    return loopback_config(
-        tmp_path, heartbeat_interval=0.1, offline_after=3, curve=False, **{"services.web.client_queue": 64}
-    )
+    changes = {"services.web.client_queue": 64, "services.web.command_burst": 20}
+    return loopback_config(tmp_path, heartbeat_interval=0.1, offline_after=3, curve=False, **changes)
 
 
 class Appliances:
@@ -50,13 +48,6 @@ class Appliances:
     async def send(self, topic: str, body: dict[str, Any], sender: str = "toaster@test") -> None:
         self.seq += 1
         await self.sock.send_multipart(encode(Message(topic, sender, 1, self.seq, time.time(), body)))
-
-
-@pytest.fixture
-async def zmq_context() -> AsyncIterator[zmq.asyncio.Context]:
-    context = zmq.asyncio.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 @pytest.fixture

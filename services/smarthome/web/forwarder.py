@@ -22,14 +22,15 @@ from typing import Any
 import msgspec
 import zmq
 import zmq.asyncio
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, web
 from zmq.auth.asyncio import AsyncioAuthenticator
 
-from smarthome.core.config import LOOPBACK_ENV, WebConfig
+from smarthome.core.config import WebConfig
 from smarthome.core.envelope import HEARTBEAT_TOPIC, LightState, Message
 from smarthome.core.identity import HEALTH_TOUCH_EVERY, Identity
 from smarthome.core.messaging import MAX_SENDERS, Inbox, Outbox, Subscription
 from smarthome.core.sockets import Handler, Sockets, guarded
+from smarthome.web.guard import Guard, TokenBucket, listen_host
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -44,8 +45,9 @@ class Command(msgspec.Struct, forbid_unknown_fields=True):
 class Browser:
     """One open page: what it wants and its own bounded queue of JSON texts to send."""
 
-    def __init__(self, ws: web.WebSocketResponse, topics: set[str], limit: int, peer: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, topics: set[str], limit: int, peer: str, bucket: TokenBucket) -> None:
         self.ws = ws
+        self.bucket = bucket  # how many frames it may still send now
         self.topics = topics  # empty: everything
         self.queue: asyncio.Queue[str] = asyncio.Queue(limit)
         self.peer = peer
@@ -61,6 +63,7 @@ class Forwarder:
     def __init__(self, me: Identity, spec: WebConfig) -> None:
         self.me = me
         self.spec = spec
+        self.guard = Guard(spec)
         self.browsers: set[Browser] = set()
         self.latest: dict[tuple[str, str], str] = {}  # (topic, sender) -> last event: a new page starts complete
         self.online: dict[str, bool] = {}  # sender -> shown online; gone senders stay, shown offline
@@ -199,7 +202,7 @@ class Forwarder:
         ws = web.WebSocketResponse(max_msg_size=MAX_COMMAND_BYTES)
         await ws.prepare(request)
         topics = {t for t in request.query.get("topics", "").split(",") if t}
-        browser = Browser(ws, topics, self.spec.client_queue, request.remote or "?")
+        browser = Browser(ws, topics, self.spec.client_queue, request.remote or "?", self.guard.bucket())
         self.browsers.add(browser)
         log.info("%s browser %s connected (topics: %s)", self.spec.name, browser.peer, ",".join(topics) or "all")
         for (topic, _), text in list(self.latest.items()):  # what a page needs to draw the current state
@@ -210,8 +213,7 @@ class Forwarder:
         writer = asyncio.create_task(self.write(browser))
         try:
             async for frame in ws:
-                if frame.type == WSMsgType.TEXT:
-                    self.command(browser, frame.data)
+                self.received(browser, frame)
         finally:
             writer.cancel()
             if browser in self.browsers:
@@ -220,8 +222,24 @@ class Forwarder:
         return ws
 
     async def write(self, browser: Browser) -> None:
-        while True:
-            await browser.ws.send_str(await browser.queue.get())
+        with contextlib.suppress(ConnectionError):  # the browser went away; its handler cleans up
+            while True:
+                await browser.ws.send_str(await browser.queue.get())
+
+    def received(self, browser: Browser, frame: WSMessage) -> None:
+        """One frame from a browser: a command, or else an error event and a warning. Never raises."""
+        try:
+            problem = self.guard.screen(browser.bucket, frame)
+            if problem is None:
+                self.command(browser, frame.data)
+                return
+        except Exception as exc:  # no input may end this handler (msgspec raises RecursionError on deep JSON)
+            problem = f"{type(exc).__name__}: {exc}"
+        self.refuse(browser, problem)
+
+    def refuse(self, browser: Browser, problem: str) -> None:
+        self.guard.warn(f"browser {browser.peer}: {problem}")
+        self.offer(browser, as_json(self.error_event({"error": problem})))
 
     def command(self, browser: Browser, text: str) -> None:
         """Validate a browser's command and publish it; errors go back to that browser only."""
@@ -230,8 +248,8 @@ class Forwarder:
             if command.command != "light":
                 raise ValueError(f"unknown command '{command.command}' (known: light)")
             state = msgspec.convert({"state": command.state}, LightState)
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            self.offer(browser, as_json(self.error_event({"error": f"bad command: {exc}"})))
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError) as exc:
+            self.refuse(browser, f"bad command: {exc}")
             return
         if not self.commands.listened:
             self.offer(browser, as_json(self.error_event({"error": "no light switch is listening"})))
@@ -254,6 +272,7 @@ def make_app(me: Identity, spec: WebConfig) -> web.Application:
     forwarder = Forwarder(me, spec)
     app = web.Application()
     app[FORWARDER] = forwarder
+    forwarder.guard.install(app)  # Host, Origin, token, browser cap and security headers on every route
 
     async def zmq_sockets(app: web.Application) -> Any:
         forwarder.start()
@@ -284,22 +303,21 @@ def make_app(me: Identity, spec: WebConfig) -> web.Application:
 
 def main(me: Identity, spec: WebConfig) -> int:
     """Serve until SIGTERM/SIGINT, then close browsers with 'going away' and exit 0 (1 if a task died)."""
-    host = "127.0.0.1" if os.environ.get(LOOPBACK_ENV) == "1" else "0.0.0.0"  # local mode stays on loopback
     app = make_app(me, spec)
-    if not asyncio.run(serve(app, host, spec.port, spec.name)):
+    if not asyncio.run(serve(app, listen_host(spec), spec.port, spec.name, **app[FORWARDER].guard.server_options())):
         return 1
     log.info("%s stopped", spec.name)
     return 1 if app[FORWARDER].failed else 0
 
 
-async def serve(app: web.Application, host: str, port: int, label: str) -> bool:
+async def serve(app: web.Application, host: str, port: int, label: str, **options: Any) -> bool:
     """Serve until a signal; False (after one line in the log) when the port cannot be had."""
     # Our own signal handling rather than run_app's: a second signal (Ctrl-C reaches a whole process group,
     # and `smarthome local` forwards SIGTERM too) must not interrupt a shutdown already under way.
     done = app[FORWARDER].done
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, done.set)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1, **options)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

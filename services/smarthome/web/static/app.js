@@ -5,6 +5,8 @@
 const cards = new Map();  // sender -> {element, topic, online}
 const ORDER = ["light", "coffee", "toast", "mirror"];  // cards follow the routine, whatever arrives first
 const LOG_LINES = 50;
+const TOKEN_REQUIRED = 4401;  // the forwarder's close code: bound beyond loopback, it wants the access token
+const TOKEN_KEY = "smarthome-token";  // sessionStorage: asked once per browser session
 let socket;
 let lightOn = null;
 
@@ -79,16 +81,24 @@ function log(event) {
 function connect() {
   const status = document.getElementById("connection");
   const button = document.getElementById("light-button");
-  socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const query = token ? `?token=${encodeURIComponent(token)}` : "";
+  socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws${query}`);
   socket.onopen = () => {
     status.textContent = "live";
     status.classList.remove("offline");
     button.disabled = false;
   };
-  socket.onclose = () => {
-    status.textContent = "disconnected, retrying…";
+  socket.onclose = (event) => {
     status.classList.add("offline");
     button.disabled = true;
+    if (event.code === TOKEN_REQUIRED) {  // no token, or a wrong one: ask, and connect again once given
+      sessionStorage.removeItem(TOKEN_KEY);
+      status.textContent = "access token required";
+      document.getElementById("token-form").hidden = false;
+      return;
+    }
+    status.textContent = "disconnected, retrying…";
     setTimeout(connect, 1000);
   };
   socket.onmessage = (message) => {
@@ -102,5 +112,11 @@ function connect() {
 
 document.getElementById("light-button").addEventListener("click", () => {
   socket.send(JSON.stringify({ command: "light", state: lightOn ? "OFF" : "ON" }));
+});
+document.getElementById("token-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value);
+  event.target.hidden = true;
+  connect();
 });
 connect();
