@@ -129,6 +129,7 @@ class Inbox:
         self.heard: OrderedDict[str, float] = OrderedDict()  # sender -> when last heard, least recent first
         self.missed: dict[str, int] = {}  # sender -> messages of it we never got
         self.gaps = 0  # gaps counted so far, all senders
+        self.asked: dict[str, dict[str, float]] = {}  # sender -> topic -> when we last asked for its state
 
     @property
     def subscriptions(self) -> list[str]:
@@ -152,7 +153,8 @@ class Inbox:
             return None
         stream = self.streams.get(message.sender, {}).get(message.topic)
         if stream and message.order <= (stream.boot, stream.seq):
-            return None  # a re-sent last value we already have
+            self._hear(message.sender)  # a re-sent last value we already have: nothing new, but a sign of life
+            return None
         try:
             body = msgspec.convert(message.body, self.body_type) if self.body_type else None
         except msgspec.ValidationError as exc:
@@ -177,11 +179,24 @@ class Inbox:
             return None
         self._hear(message.sender)
         stream = self.streams[message.sender].get(topic)
-        if stream and message.boot == stream.boot and message.seq > stream.counted:
+        if stream is None or message.boot > stream.boot:
+            # It has a state (seq > 0) we do not hold: we joined, or came back, after it was sent. Ask again,
+            # but once per `gone_after`: the re-send may be on its way already.
+            if message.seq > 0 and self._may_ask(message.sender, topic):
+                self._resync(topic)
+        elif message.boot == stream.boot and message.seq > stream.counted:
             self._count(message.sender, message.seq - stream.counted)
             stream.counted = message.seq
             self._resync(topic)
         return message, None
+
+    def _may_ask(self, sender: str, topic: str) -> bool:
+        asked = self.asked.setdefault(sender, {})
+        now = time.monotonic()
+        if now - asked.get(topic, -self.gone_after) < self.gone_after:
+            return False
+        asked[topic] = now
+        return True
 
     def _resync(self, topic: str) -> None:
         """The state we hold of `topic` may be stale: a new subscription has every publisher re-send theirs."""
@@ -207,6 +222,7 @@ class Inbox:
         self.heard.pop(sender, None)
         self.streams.pop(sender, None)
         self.missed.pop(sender, None)
+        self.asked.pop(sender, None)
 
     def expire(self) -> list[str]:
         """The senders not heard for `gone_after` seconds, now forgotten."""
