@@ -137,13 +137,13 @@ def a_hostile_page_can_neither_read_nor_drive_the_home(stack: Stack, browser: Br
     hostile.wait_for_function("attack.closed.length === 3 && attack.fetched !== null", timeout=WAIT_MS)
     attack = hostile.evaluate("attack")
     assert attack == {"opened": 0, "read": 0, "closed": [1006] * 3, "fetched": "blocked"}, attack
-    stack.wait_for("web", "refused /ws from")  # refused for its Origin, before any upgrade
-    assert f"Origin '{other_origin.rstrip('/')}'" in stack.last("web", "WEB refused /ws")
+    stack.logs("web").wait_for("refused /ws from")  # refused for its Origin, before any upgrade
+    assert f"Origin '{other_origin.rstrip('/')}'" in stack.logs("web").last("WEB refused /ws")
 
     rebound = hostile.goto("http://evil.example:8080/")  # the name now points at 127.0.0.1: same-origin to it
     assert rebound is not None and rebound.status == 403
     hostile.close()
-    stack.wait_for("web", "unknown Host 'evil.example:8080'")
+    stack.logs("web").wait_for("unknown Host 'evil.example:8080'")
     assert stack.logs("light-switch").count("switched") == switched, "a hostile page switched the light"
 
 
