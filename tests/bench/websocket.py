@@ -54,6 +54,7 @@ def start_forwarder(directory: Path, feed: int, http: int, queue: int) -> subpro
                 "name": "WEB",
                 "port": http,
                 "client_queue": queue,
+                "max_browsers": 64,  # the latency run opens 50
                 "offline_after": 3,
                 "subscribe": {"topics": [], "connect": [f"tcp://127.0.0.1:{feed}"]},
                 "commands": {"topic": "light-set", "connect": f"tcp://127.0.0.1:{free_port()}"},

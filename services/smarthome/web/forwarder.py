@@ -6,6 +6,7 @@ loop as the browsers) receives every topic; each message goes to every connected
 closed and logged, and never slows the others or grows memory. Heartbeats mark senders online/offline;
 the forwarder tells the browsers as "presence" events. Browser commands are validated and published on
 the light switches' commands topic; a bad one gets an "error" event back to that browser only.
+Who may connect at all, and how much each browser may send, is decided by web/guard.py.
 """
 
 from __future__ import annotations
