@@ -298,7 +298,7 @@ def main() -> None:
     repeat, sizes = (1, SIZES[:1]) if options.quick else (options.repeat, SIZES)
     top = header(
         f"Throughput and latency on loopback, {options.fan} -> {options.fan}",
-        "python tests/bench/throughput.py " + " ".join(sys.argv[1:]),
+        " ".join(["python tests/bench/throughput.py", *sys.argv[1:]]),
         {**versions("paho-mqtt"), "Mosquitto": mosquitto_version()},
     )
     names = [name for name in CASES[options.fan] if not options.only or name in options.only]
@@ -369,7 +369,8 @@ def report(top: str, fan: int, cases: list[Case], runs: dict[tuple[str, int], li
         f"{STEPS}-step geometric bisection\n\n"
         "**lossless** = the highest paced rate delivered with no message lost (per-sender seq gaps) while "
         "subscribers kept up; **drain** = what subscribers got per second while publishers sent flat out "
-        "(an overload: ZeroMQ PUB drops at its high-water mark, so **arrived** < 100%; paho blocks instead). "
+        "(an overload: ZeroMQ's PUB drops at its high-water mark, so **arrived** < 100%; paho's publisher blocks "
+        "instead, and Mosquitto drops what it cannot queue for a subscriber that falls behind). "
         + ("Rates are messages delivered per second to all four subscribers together. " if fan > 1 else "")
         + "Ratios are of lossless rates in this run.\n\n"
         + table(
