@@ -7,6 +7,7 @@ Light switch -> coffee maker and toaster -> mirror: two hops, one container per 
           toggling every PERIOD s); a probe container on the stack's network subscribes to the light and to
           the mirror's published view. Latency of a toggle: the `ts` of the first mirror view showing every
           appliance in the toggle's state, minus the `ts` of the light's message.
+  ours, logs at WARNING   the same, without the INFO log line each service writes per message (what logging costs)
   raw     the same two hops in raw pyzmq (tests/bench/e2e_roles.py) in the same image: each appliance
           forwards at once, the mirror publishes when both answered. Broker wiring: through zmq.proxy.
 Both times are stamped by time.time() in two containers; all containers share the host's clock, so the
@@ -35,7 +36,8 @@ from benchlib import ROOT, bar_chart, docker_version, header, load, percentile, 
 PERIOD = 0.05  # seconds between toggles: far above any answer time, so toggles never overlap
 BENCH_DIR = str(Path(__file__).resolve().parent)
 APPLIANCES = {"coffee-maker": 5557, "toaster": 5558}
-CASES = [("direct", "ours"), ("direct", "raw"), ("broker", "ours"), ("broker", "raw")]
+QUIET = "ours, logs at WARNING"  # what the INFO log lines (one per message and hop) cost
+CASES = [(wiring, path) for wiring in ("direct", "broker") for path in ("ours", QUIET, "raw")]
 
 
 def write_configs(directory: Path) -> None:
@@ -48,6 +50,11 @@ def write_configs(directory: Path) -> None:
         for appliance in APPLIANCES:
             config["services"][appliance]["prep_time"] = 0
         (directory / name).write_text(yaml.safe_dump(config, sort_keys=False))
+        # A compose file for the QUIET case: the same services, logging only warnings.
+        quiet = {
+            "services": {service: {"environment": {"SMARTHOME_LOG_LEVEL": "WARNING"}} for service in config["services"]}
+        }
+        (directory / f"quiet-{name}").write_text(yaml.safe_dump(quiet))
     directory.chmod(0o755)  # the services run as a non-root user
 
 
@@ -73,10 +80,11 @@ def probe_result(probe, toggles: int) -> dict:
         raise
 
 
-def ours(client: docker.DockerClient, wiring: str, config_dir: str, toggles: int) -> dict:
+def ours(client: docker.DockerClient, wiring: str, config_dir: str, toggles: int, quiet: bool) -> dict:
     """The real services under compose; the probe on the stack's network."""
     project = f"smarthome-bench-{uuid.uuid4().hex[:6]}"
     files = ["-f", "docker-compose.yml"] + (["-f", "docker-compose.broker.yml"] if wiring == "broker" else [])
+    files += ["-f", f"{config_dir}/quiet-smarthome{'.broker' if wiring == 'broker' else ''}.yml"] if quiet else []
     services = ["light-switch", *APPLIANCES, "smart-mirror"] + (["broker"] if wiring == "broker" else [])
     compose = ["docker", "compose", "-p", project, *files]
     env = {**os.environ, "SMARTHOME_CONFIG_DIR": config_dir}
@@ -150,17 +158,17 @@ def main() -> None:
         for round_ in range(options.rounds):
             for wiring, path in CASES:
                 before = load()
-                if path == "ours":
-                    got = ours(client, wiring, config_dir, options.toggles)
-                else:
+                if path == "raw":
                     got = raw(client, wiring, options.toggles)
+                else:
+                    got = ours(client, wiring, config_dir, options.toggles, quiet=path == QUIET)
                 cell = pooled[wiring, path]
                 cell["latencies"] += got["latencies"]
                 cell["missed"] += got["missed"]
                 cell["loads"] += [before, load()]
                 ms = sorted(got["latencies"])
                 print(
-                    f"round {round_ + 1} {wiring:6} {path:4} p50 {ms[len(ms) // 2] * 1e3:.2f} ms "
+                    f"round {round_ + 1} {wiring:6} {path:22} p50 {ms[len(ms) // 2] * 1e3:.2f} ms "
                     f"p99 {percentile(ms, 99) * 1e3:.2f} ms missed {got['missed']}",
                     file=sys.stderr,
                 )
