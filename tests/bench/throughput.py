@@ -1,317 +1,427 @@
-"""Benchmark: PUB -> SUB messages per second and latency, raw pyzmq vs our direct path vs our broker path.
+"""Benchmark: lossless throughput, overload drain rate and latency on loopback: ours vs raw, zmq.proxy, Mosquitto.
 
-    .venv/bin/python tests/bench/throughput.py [--quick]
+    .venv/bin/python tests/bench/throughput.py [--fan 1|4] [--quick]
 
-For 100 B and 1 KiB messages, on loopback (processes on this host) and across containers (one per role on
-a compose-style bridge network), in one run:
-  raw     pyzmq XPUB -> SUB with a bare [topic, payload] message: the ceiling
-  direct  our Publisher -> our subscribe(): envelope encode, decode, body validation, duplicate check
-  broker  the same through our broker (XSUB/XPUB poller loop with last values)
-Throughput: the publisher sends as fast as it can (default high-water marks, so PUB may drop); the
-rate is what the subscriber receives per second, the median of --repeat runs. Latency: a paced run at
-1,000 msg/s, from publish to the subscriber's handler.
-Writes tests/bench/results/throughput.md and throughput.png. A report: nothing is asserted.
+One process per publisher and subscriber (tests/bench/workers.py), 100 B and 1 KiB messages. Paths:
+  raw              the fastest pyzmq we can write: PUB -> SUB, one frame, plain send/recv (1 -> 1 only)
+  direct           our Publisher -> our subscribe(): envelope, body validation, duplicate check (1 -> 1 only)
+  zmq.proxy        our messages through zmq.proxy(XSUB, XPUB): the ceiling for any broker
+  broker           our messages through our broker (`python -m smarthome run broker`)
+  mosquitto q0/q1  paho-mqtt carrying the same envelope JSON through Mosquitto, QoS 0 and 1; "nodelay":
+                   TCP_NODELAY on both sides (paho's sockets and Mosquitto's `set_tcp_nodelay`)
+--fan 4: four publishers and four subscribers on one topic through each broker (N to N; rates are the
+aggregate delivered to all subscribers).
+
+For every case, each repetition a fresh set of processes, cases and repetitions interleaved:
+  drain     publishers send flat out for DRAIN_SECONDS; what the subscribers get per second, and the share
+            of messages that arrived. ZeroMQ's PUB drops at its high-water mark; paho blocks (TCP back-pressure).
+  lossless  the highest paced rate at which every message arrived (per-sender seq gaps) and subscribers kept
+            up: a geometric bisection between drain/2 and drain*1.5 (±~7%), PROBE_SECONDS per probe.
+  latency   publish (send time in the message) to the subscriber's handler, at min(LATENCY_RATE, half the
+            lossless rate); p50/p99 pooled over the repetitions (>= 20,000 samples).
+Medians of --repeat (3). Writes tests/bench/results/throughput-1x1.md (or -4x4) and .png. Nothing is asserted.
+Needs Debian's mosquitto (`apt-get install mosquitto`) and the bench extra (`pip install -e '.[bench]'`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import struct
+import math
+import os
+import select
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
-import msgspec
-import zmq
+import yaml
 
-# The repo's services/ when run from a checkout (in the image they are on PYTHONPATH already).
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "services"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import ROOT, bar_chart, header, load, median, mosquitto_version, percentile, table, versions, write
 
-from smarthome.core.config import BrokerConfig, Config, Publish, Subscribe
-from smarthome.core.envelope import Message
-from smarthome.core.identity import Identity
-from smarthome.core.runtime import Loop
-from smarthome.roles import broker
-
-TOPIC = "bench"
-PORTS = {"pub": 5701, "broker-in": 5702, "broker-out": 5703}
-IDLE_END = 1.0  # seconds without a message after which a subscriber reports
-LATENCY_RATE = 1000  # msg/s in the paced latency run
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-class Pad(msgspec.Struct):
-    pad: str
+WORKERS = str(Path(__file__).resolve().parent / "workers.py")
+DRAIN_SECONDS = 1.0
+PROBE_SECONDS = 0.6
+STEPS = 4  # bisection steps between drain/2 and drain*1.5: 3 ** (1 / 2**4), ~7% apart (~4.4% below drain/2)
+LATENCY_RATE = 5000  # msg/s published, at most
+LATENCY_SAMPLES = 7000  # per repetition, so >= 20,000 over three
+KEEP_UP = 0.9  # a probe passes if nothing is lost and subscribers got >= 90% of the paced rate
+SIZES = (100, 1024)
+CASES = {
+    1: ["raw", "direct", "zmq.proxy", "broker", "mosquitto q0", "mosquitto q0 nodelay", "mosquitto q1",
+        "mosquitto q1 nodelay"],
+    4: ["zmq.proxy", "broker", "mosquitto q0", "mosquitto q0 nodelay", "mosquitto q1", "mosquitto q1 nodelay"],
+}  # fmt: skip
 
 
-def bench_config(name: str, spec: object) -> Config:
-    return Config("bench", max_message_bytes=1 << 20, heartbeat_interval=1.0, services={name: spec})
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-# --- roles (each runs in its own process or container) -------------------------------------------------
+def wait_for_port(port: int, deadline: float = 15.0) -> None:
+    """Poll until something accepts on 127.0.0.1:port."""
+    until = time.monotonic() + deadline
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if time.monotonic() > until:
+            sys.exit(f"nothing listens on 127.0.0.1:{port} after {deadline:.0f}s")
+        time.sleep(0.05)  # ok: the pause between polls of a deadline loop
 
 
-def role_pub(mode: str, endpoint: str, count: int, size: int, paced: bool) -> None:
-    """Wait for a subscriber, then send `count` messages of about `size` bytes."""
-    interval = 1 / LATENCY_RATE if paced else 0.0
-    if mode == "raw":
-        context = zmq.Context()
-        sock = context.socket(zmq.XPUB)
-        sock.linger = 10_000
-        sock.bind(endpoint)
-        sock.recv()  # the subscription: now nothing is lost to the slow joiner
-        padding = b"x" * max(0, size - 8)
-        started = time.perf_counter()
-        for i in range(count):
-            sock.send_multipart([b"bench", struct.pack("d", time.time()) + padding])
-            if interval:
-                _pace(started, i, interval)
-        context.destroy()
-        return
-    service = Loop(Identity("bench-pub", bench_config("bench-pub", None)))
-    side = {"connect": endpoint} if mode == "broker" else {"bind": endpoint}
-    body = {"pad": "x" * max(0, size - 90)}  # the envelope's own fields take ~90 bytes of JSON
+class Brokers:
+    """zmq.proxy, our broker and two Mosquittos (default, nodelay), each on free loopback ports; stopped on exit."""
 
-    def blast() -> None:
-        started = time.perf_counter()
-        for i in range(count):
-            publisher.publish(body)
-            if interval:
-                _pace(started, i, interval)
-        service.stop()
+    def __init__(self, stack: ExitStack, directory: Path) -> None:
+        self.directory = directory
+        self.endpoints: dict[str, tuple[str, str]] = {}  # broker -> (publishers connect here, subscribers here)
+        xsub, xpub = free_port(), free_port()
+        self._start(stack, [sys.executable, WORKERS, "proxy", f"tcp://127.0.0.1:{xsub}", f"tcp://127.0.0.1:{xpub}"])
+        self.endpoints["zmq.proxy"] = (f"tcp://127.0.0.1:{xsub}", f"tcp://127.0.0.1:{xpub}")
+        self._ours(stack)
+        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(mosquitto).exists():
+            sys.exit("Mosquitto is missing: apt-get install mosquitto (Debian's package; the benchmark starts it)")
+        for name, nodelay in (("mosquitto", False), ("mosquitto nodelay", True)):
+            port = free_port()
+            config = directory / f"{name.replace(' ', '-')}.conf"
+            lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false", "log_dest stderr"]
+            config.write_text("\n".join(lines + (["set_tcp_nodelay true"] if nodelay else [])) + "\n")
+            self._start(stack, [mosquitto, "-c", str(config)], log=directory / f"{name}.log")
+            wait_for_port(port)
+            self.endpoints[name] = (f"127.0.0.1:{port}",) * 2
 
-    publisher = service.publisher(Publish(TOPIC, **side), on_listener=lambda: service.call_later(0, blast))
-    publisher.sock.linger = 10_000  # flush what is queued before exiting
-    service.run()
+    def _ours(self, stack: ExitStack) -> None:
+        xsub, xpub = free_port(), free_port()
+        config = {
+            "max_message_bytes": 65536,
+            "heartbeat_interval": 1,
+            "offline_after": 3,
+            "zmtp": {"heartbeat_ivl": 1, "heartbeat_timeout": 10, "heartbeat_ttl": 10},
+            "curve": False,  # like the raw, proxy and Mosquitto rows; tests/bench/curve.py measures what it costs
+            "services": {
+                "broker": {
+                    "role": "broker",
+                    "name": "BROKER",
+                    "publishers": f"tcp://*:{xsub}",
+                    "subscribers": f"tcp://*:{xpub}",
+                }
+            },
+        }
+        path = self.directory / "broker.yml"
+        path.write_text(yaml.safe_dump(config))
+        env = {
+            **os.environ,
+            "SMARTHOME_CONFIG": str(path),
+            "SMARTHOME_LOOPBACK": "1",
+            "SMARTHOME_LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(ROOT / "services"),
+        }
+        self._start(stack, [sys.executable, "-m", "smarthome", "run", "broker"], env=env)
+        wait_for_port(xsub)
+        self.endpoints["broker"] = (f"tcp://127.0.0.1:{xsub}", f"tcp://127.0.0.1:{xpub}")
 
+    def _start(self, stack: ExitStack, command: list[str], env: dict | None = None, log: Path | None = None) -> None:
+        output = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (closed with the process)
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=output)
 
-def _pace(started: float, i: int, interval: float) -> None:
-    ahead = started + (i + 1) * interval - time.perf_counter()
-    if ahead > 0:
-        time.sleep(ahead)  # ok: pacing the latency run's publisher, not synchronisation
-
-
-def role_sub(mode: str, endpoint: str, count: int) -> None:
-    """Receive until `count` messages or IDLE_END seconds of silence; print a JSON result line."""
-    arrivals: list[float] = []
-    latencies: list[float] = []
-    if mode == "raw":
-        context = zmq.Context()
-        sock = context.socket(zmq.SUB)
-        sock.subscribe(b"bench")
-        sock.connect(endpoint)
-        while len(arrivals) < count:
+        def stop() -> None:
+            process.terminate()
             try:
-                _, payload = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:  # poll only when the queue is empty, as our runtime's drain does
-                if not sock.poll(IDLE_END * 1000 if arrivals else 30_000):
-                    break
-                continue
-            arrivals.append(time.perf_counter())
-            latencies.append(time.time() - struct.unpack("d", payload[:8])[0])
-        context.destroy(linger=0)
-    else:
-        service = Loop(Identity("bench-sub", bench_config("bench-sub", None)))
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if log:
+                output.close()
 
-        def on_message(message: Message, _: Pad) -> None:
-            arrivals.append(time.perf_counter())
-            latencies.append(time.time() - message.ts)
-            if len(arrivals) == count:
-                service.stop()
+        stack.callback(stop)
 
-        def check_idle() -> None:
-            if arrivals and time.perf_counter() - arrivals[-1] > IDLE_END:
-                service.stop()
 
-        service.subscribe(Subscribe([TOPIC], connect=[endpoint]), Pad, on_message)
-        service.every(0.25, check_idle)
-        service.call_later(60, service.stop)
-        service.run()
-    span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else float("nan")
-    latencies.sort()
-    print(
-        json.dumps(
-            {
-                "received": len(arrivals),
-                "rate": (len(arrivals) - 1) / span,
-                "p50_us": latencies[len(latencies) // 2] * 1e6,
-                "p99_us": latencies[int(len(latencies) * 0.99)] * 1e6,
+class Worker:
+    """One publisher or subscriber process of workers.py, driven by JSON lines."""
+
+    def __init__(self, role: str, transport: str, options: dict) -> None:
+        command = [sys.executable, WORKERS, role, transport, json.dumps(options)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.sender = ""
+
+    def ask(self, command: dict) -> None:
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+
+    def answer(self, timeout: float = 120) -> dict:
+        if not select.select([self.process.stdout], [], [], timeout)[0]:
+            raise TimeoutError(f"no answer from {self.process.args[2:4]} within {timeout}s")
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.process.args[2:4]} exited with {self.process.wait()}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Case:
+    name: str
+    size: int
+    fan: int
+
+    def transport(self) -> str:
+        return {"raw": "raw", "direct": "ours", "zmq.proxy": "ours", "broker": "ours"}.get(self.name, "mqtt")
+
+    def options(self, brokers: Brokers, topic: str) -> tuple[dict, dict]:
+        """The publishers' and the subscribers' options."""
+        common = {"topic": topic, "size": self.size}
+        if self.name in ("raw", "direct"):
+            port = free_port()
+            return {**common, "endpoint": f"tcp://127.0.0.1:{port}", "bind": True}, {
+                **common,
+                "endpoint": f"tcp://127.0.0.1:{port}",
             }
-        ),
-        flush=True,
-    )
+        if self.transport() == "ours":
+            into, out = brokers.endpoints[self.name]
+            return {**common, "endpoint": into, "bind": False}, {**common, "endpoint": out}
+        nodelay = self.name.endswith("nodelay")
+        mqtt = {**common, "qos": int(self.name.split()[1][1]), "nodelay": nodelay}
+        endpoint = brokers.endpoints["mosquitto nodelay" if nodelay else "mosquitto"][0]
+        return {**mqtt, "endpoint": endpoint}, {**mqtt, "endpoint": endpoint}
 
 
-def role_broker(bind_in: str, bind_out: str) -> None:
-    spec = BrokerConfig("BROKER", bind_in, bind_out)
-    broker.main(Identity("bench-broker", bench_config("bench-broker", spec)), spec)
+class Session:
+    """One repetition of one case: fresh publisher and subscriber processes, warmed up until all hear all."""
 
+    def __init__(self, case: Case, brokers: Brokers) -> None:
+        self.case = case
+        pub_options, sub_options = case.options(brokers, f"b{uuid.uuid4().hex[:10]}")
+        self.subs = [Worker("sub", case.transport(), {**sub_options, "index": i}) for i in range(case.fan)]
+        self.pubs = [Worker("pub", case.transport(), {**pub_options, "index": i}) for i in range(case.fan)]
+        self._warm_up()
 
-# --- orchestration ---------------------------------------------------------------------------------------
+    def _warm_up(self, deadline: float = 30.0) -> None:
+        """Publish single messages until every subscriber has heard every publisher (no slow joiners left)."""
+        until = time.monotonic() + deadline
+        while time.monotonic() < until:
+            for pub in self.pubs:
+                pub.ask({"cmd": "warm"})
+                pub.sender = pub.answer()["sender"]
+            time.sleep(0.05)  # ok: let the warm-up messages arrive before asking who heard them
+            heard = []
+            for sub in self.subs:
+                sub.ask({"cmd": "seen"})
+                heard.append(set(sub.answer()["senders"]))
+            if all(h >= {pub.sender for pub in self.pubs} for h in heard):
+                return
+        raise TimeoutError(f"{self.case}: subscribers did not hear every publisher within {deadline}s")
 
+    def probe(self, rate: float, seconds: float, latency: bool = False) -> dict:
+        """Publishers send at `rate` msg/s in all (0: flat out); what the subscribers got."""
+        for pub in self.pubs:
+            pub.ask({"cmd": "send", "rate": rate / len(self.pubs), "seconds": seconds})
+        expect = {}
+        for pub in self.pubs:
+            sent = pub.answer()
+            expect[pub.sender] = [sent["first"], sent["last"]]
+        for sub in self.subs:
+            sub.ask({"cmd": "collect", "expect": expect, "latency": latency})
+        answers = [sub.answer() for sub in self.subs]
+        received = sum(a["received"] for a in answers)
+        span = max(a["end"] for a in answers) - min(a["start"] for a in answers if a["start"])
+        return {
+            "received": received,
+            "expected": sum(a["expected"] for a in answers),
+            "rate": received / span if span > 0 else 0.0,
+            "latencies": [s for a in answers for s in a["latencies"]],
+        }
 
-class Loopback:
-    """Every role a local process; endpoints on 127.0.0.1."""
+    def passes(self, rate: float) -> tuple[bool, float]:
+        got = self.probe(rate, PROBE_SECONDS)
+        lossless = got["received"] == got["expected"]
+        return lossless and got["rate"] >= KEEP_UP * rate * self.case.fan, got["rate"]
 
-    name = "loopback"
-
-    def endpoints(self, mode: str) -> tuple[str, str]:
-        if mode == "broker":
-            return f"tcp://127.0.0.1:{PORTS['broker-in']}", f"tcp://127.0.0.1:{PORTS['broker-out']}"
-        return f"tcp://127.0.0.1:{PORTS['pub']}", f"tcp://127.0.0.1:{PORTS['pub']}"
-
-    def start(self, role: str, *args: str) -> subprocess.Popen[str]:
-        command = [sys.executable, __file__, role, *args]
-        return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # errors show on stderr
-
-    def result(self, process: subprocess.Popen[str]) -> dict:
-        return json.loads(process.communicate(timeout=120)[0].strip().splitlines()[-1])
-
-    def stop(self, processes: list[subprocess.Popen[str]]) -> None:
-        for process in processes:
-            process.kill()
-            process.wait()
+    def measure(self) -> dict:
+        drain = self.probe(0, DRAIN_SECONDS)
+        hi = 1.5 * drain["rate"] / self.case.fan  # in published msg/s (each subscriber gets them all)
+        lo = hi / 3
+        ok, delivered = self.passes(lo)
+        while not ok and lo > 10:  # even drain/2 loses: halve until a rate passes
+            hi, lo = lo, lo / 2
+            ok, delivered = self.passes(lo)
+        best = delivered if ok else 0.0
+        for _ in range(STEPS):
+            middle = math.sqrt(lo * hi)
+            ok, delivered = self.passes(middle)
+            if ok:
+                lo, best = middle, delivered
+            else:
+                hi = middle
+        rate = min(LATENCY_RATE, lo / 2)
+        seconds = min(5.0, max(1.0, LATENCY_SAMPLES / (rate * self.case.fan)))
+        latencies = self.probe(rate, seconds, latency=True)
+        return {
+            "drain": drain["rate"],
+            "drain_received": drain["received"] / drain["expected"],
+            "lossless": best,
+            "latency_rate": rate,
+            "latencies": latencies["latencies"],
+            "latency_lost": latencies["expected"] - latencies["received"],
+        }
 
     def close(self) -> None:
-        pass
-
-
-class Containers(Loopback):
-    """Every role its own container from the project's image, on a private bridge network."""
-
-    name = "containers"
-
-    def __init__(self) -> None:
-        import docker
-
-        self.client = docker.from_env()
-        self.network = self.client.networks.create(f"smarthome-bench-{uuid.uuid4().hex[:6]}")
-
-    def endpoints(self, mode: str) -> tuple[str, str]:
-        if mode == "broker":
-            return f"tcp://broker:{PORTS['broker-in']}", f"tcp://broker:{PORTS['broker-out']}"
-        return f"tcp://*:{PORTS['pub']}", f"tcp://pub:{PORTS['pub']}"
-
-    def start(self, role: str, *args: str):
-        container = self.client.containers.create(
-            "smarthome:latest",
-            entrypoint=["python", "/bench/throughput.py", role, *args],
-            volumes={str(Path(__file__).resolve().parent): {"bind": "/bench", "mode": "ro"}},
-            detach=True,
-        )
-        self.network.connect(container, aliases=[role])
-        container.start()
-        return container
-
-    def result(self, container) -> dict:
-        container.wait(timeout=120)
-        return json.loads(container.logs(stderr=False).decode().strip().splitlines()[-1])
-
-    def stop(self, containers: list) -> None:
-        for container in containers:
-            container.remove(force=True)
-
-    def close(self) -> None:
-        self.network.remove()
-
-
-def measure(where: Loopback, mode: str, size: int, count: int, paced: bool) -> dict:
-    pub_endpoint, sub_endpoint = where.endpoints(mode)
-    started = []
-    if mode == "broker":
-        started.append(where.start("broker", f"tcp://*:{PORTS['broker-in']}", f"tcp://*:{PORTS['broker-out']}"))
-    sub = where.start("sub", mode, sub_endpoint, str(count))
-    started.append(where.start("pub", mode, pub_endpoint, str(count), str(size), "paced" if paced else "fast"))
-    try:
-        return where.result(sub)
-    finally:
-        where.stop([*started, sub])
+        for worker in self.pubs + self.subs:
+            worker.close()
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] in ("pub", "sub", "broker"):
-        role, *args = sys.argv[1:]
-        if role == "pub":
-            role_pub(args[0], args[1], int(args[2]), int(args[3]), args[4] == "paced")
-        elif role == "sub":
-            role_sub(args[0], args[1], int(args[2]))
-        else:
-            role_broker(args[0], args[1])
-        return
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer messages, loopback only")
-    parser.add_argument("--repeat", type=int, default=3, help="throughput runs per cell; the median is reported")
+    parser.add_argument("--fan", type=int, choices=(1, 4), default=1, help="publishers and subscribers (N to N)")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions per case; medians are reported")
+    parser.add_argument("--quick", action="store_true", help="one repetition, 100 B only: a smoke run")
+    parser.add_argument("--only", action="append", metavar="PATH", help="measure only this path (repeatable)")
     options = parser.parse_args()
-    count = 50_000 if options.quick else 200_000
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))  # so every process started is stopped too
+    repeat, sizes = (1, SIZES[:1]) if options.quick else (options.repeat, SIZES)
+    top = header(
+        f"Throughput and latency on loopback, {options.fan} -> {options.fan}",
+        " ".join(["python tests/bench/throughput.py", *sys.argv[1:]]),
+        {**versions("paho-mqtt"), "Mosquitto": mosquitto_version()},
+    )
+    names = [name for name in CASES[options.fan] if not options.only or name in options.only]
+    cases = [Case(name, size, options.fan) for size in sizes for name in names]
+    runs: dict[tuple[str, int], list[dict]] = {(c.name, c.size): [] for c in cases}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as directory, ExitStack() as stack:
+        brokers = Brokers(stack, Path(directory))
+        for rep in range(repeat):
+            for case in cases:  # interleaved: a slow period hits every case alike
+                before = load()
+                session = Session(case, brokers)
+                try:
+                    result = session.measure()
+                finally:
+                    session.close()
+                result["load"] = [before, load()]
+                runs[case.name, case.size].append(result)
+                print(
+                    f"[{time.monotonic() - started:5.0f}s] rep {rep + 1} {case.size:5} B {case.name:22} "
+                    f"lossless {result['lossless']:>9,.0f}  drain {result['drain']:>9,.0f} "
+                    f"({result['drain_received']:.0%} arrived)  load {before:.2f}",
+                    file=sys.stderr,
+                )
+    report(top, options.fan, cases, runs)
+
+
+def report(top: str, fan: int, cases: list[Case], runs: dict[tuple[str, int], list[dict]]) -> None:
+    cells = {}
+    for key, results in runs.items():
+        ms = [s * 1e3 for r in results for s in r["latencies"]]
+        cells[key] = {
+            "lossless": median([r["lossless"] for r in results]),
+            "drain": median([r["drain"] for r in results]),
+            "arrived": median([r["drain_received"] for r in results]),
+            "p50": percentile(ms, 50) if ms else float("nan"),
+            "p99": percentile(ms, 99) if ms else float("nan"),
+            "samples": len(ms),
+            "latency_rate": median([r["latency_rate"] for r in results]),
+            "latency_lost": sum(r["latency_lost"] for r in results),
+            "load": [x for r in results for x in r["load"]],
+        }
+    # Ratios to the ceiling of this topology: raw pyzmq (1 -> 1), zmq.proxy (any broker).
+    bases = ["raw", "zmq.proxy"] if fan == 1 else ["zmq.proxy"]
     rows = []
-    places = [Loopback()] if options.quick else [Loopback(), Containers()]
-    try:
-        for where in places:
-            for size in (100, 1024):
-                for mode in ("raw", "direct", "broker"):
-                    runs = [measure(where, mode, size, count, paced=False) for _ in range(options.repeat)]
-                    fast = sorted(runs, key=lambda run: run["rate"])[len(runs) // 2]  # the median run
-                    paced = measure(where, mode, size, 2 * LATENCY_RATE, paced=True)
-                    rows.append(
-                        {
-                            "where": where.name,
-                            "size": size,
-                            "mode": mode,
-                            **fast,
-                            "p50_us": paced["p50_us"],
-                            "p99_us": paced["p99_us"],
-                            "sent": count,
-                        }
-                    )
-                    print(
-                        f"{where.name:10} {size:5} B {mode:6} {fast['rate']:>10,.0f} msg/s "
-                        f"p50 {paced['p50_us']:.0f} us p99 {paced['p99_us']:.0f} us",
-                        flush=True,
-                    )
-    finally:
-        for where in places:
-            where.close()
-    report(rows)
-
-
-def report(rows: list[dict]) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    raw = {(r["where"], r["size"]): r["rate"] for r in rows if r["mode"] == "raw"}
-    lines = [
-        "| where | size | path | msg/s | x raw | received | p50 latency | p99 latency |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        ratio = r["rate"] / raw[r["where"], r["size"]]
-        lines.append(
-            f"| {r['where']} | {r['size']} B | {r['mode']} | {r['rate']:,.0f} | {ratio:.2f} | "
-            f"{r['received'] / r['sent']:.0%} | {r['p50_us']:.0f} µs | {r['p99_us']:.0f} µs |"
+    for case in cases:
+        c = cells[case.name, case.size]
+        rows.append(
+            [
+                f"{case.size} B",
+                case.name,
+                f"**{c['lossless']:,.0f}**",
+                *(ratio(cells, (case.name, case.size), (base, case.size)) for base in bases),
+                f"{c['drain']:,.0f}",
+                f"{c['arrived']:.0%}",
+                f"{c['p50']:.2f} ms",
+                f"{c['p99']:.2f} ms",
+                f"{c['samples']:,} at {c['latency_rate']:,.0f}/s"
+                + (f", {c['latency_lost']} lost" if c["latency_lost"] else ""),
+                f"{min(c['load']):.2f}-{max(c['load']):.2f}",
+            ]
         )
-    (RESULTS / "throughput.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    reps = len(next(iter(runs.values())))
+    goals = goals_table(cells, fan)
+    text = (
+        top + f"- method: {reps} repetitions per case, interleaved; medians; latency percentiles pooled over the "
+        f"repetitions; drain: {DRAIN_SECONDS:g} s flat out; lossless: paced probes of {PROBE_SECONDS:g} s, "
+        f"{STEPS}-step geometric bisection\n\n"
+        "**lossless** = the highest paced rate delivered with no message lost (per-sender seq gaps) while "
+        "subscribers kept up; **drain** = what subscribers got per second while publishers sent flat out "
+        "(an overload: ZeroMQ's PUB drops at its high-water mark, so **arrived** < 100%; paho's publisher blocks "
+        "instead, and Mosquitto drops what it cannot queue for a subscriber that falls behind). "
+        + ("Rates are messages delivered per second to all four subscribers together. " if fan > 1 else "")
+        + "Ratios are of lossless rates in this run.\n\n"
+        + table(
+            [
+                "size",
+                "path",
+                "lossless msg/s",
+                *(f"x {base}" for base in bases),
+                "drain msg/s",
+                "arrived",
+                "p50",
+                "p99",
+                "latency samples",
+                "load",
+            ],
+            rows,
+            right=set(range(2, 10 + len(bases))),
+        )
+        + goals
+    )
+    name = f"throughput-{fan}x{fan}"
+    write(name, text)
+    groups = sorted({f"{c.size} B" for c in cases}, key=lambda g: int(g.split()[0]))
+    series = {
+        label: [cells[label, int(g.split()[0])]["lossless"] / 1000 for g in groups]
+        for label in dict.fromkeys(c.name for c in cases)
+    }
+    bar_chart(name, f"Lossless rate, {fan} -> {fan}, loopback, same run", "thousand msg/s", groups, series)
 
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def ratio(cells: dict, key: tuple[str, int], base: tuple[str, int]) -> str:
+    """The lossless rate of `key` over that of `base`, if both were measured."""
+    if base not in cells or not cells[base]["lossless"]:
+        return "n/a"
+    return f"{cells[key]['lossless'] / cells[base]['lossless']:.2f}"
 
-    groups = sorted({(r["where"], r["size"]) for r in rows})
-    modes = ["raw", "direct", "broker"]
-    figure, axis = plt.subplots(figsize=(8, 4))
-    width = 0.25
-    for i, mode in enumerate(modes):
-        rates = [next(r["rate"] for r in rows if (r["where"], r["size"]) == g and r["mode"] == mode) for g in groups]
-        axis.bar([x + i * width for x in range(len(groups))], [rate / 1000 for rate in rates], width, label=mode)
-    axis.set_xticks([x + width for x in range(len(groups))], [f"{w}\n{s} B" for w, s in groups])
-    axis.set_ylabel("thousand messages / s")
-    axis.set_title("PUB -> SUB throughput, same machine, same run")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(RESULTS / "throughput.png", dpi=100)
+
+def goals_table(cells: dict, fan: int) -> str:
+    """The issue's goals at 100 B, from this run's lossless rates."""
+    goals = [
+        ("broker / zmq.proxy", "broker", "zmq.proxy", ">= 0.60"),
+        ("broker / Mosquitto q0", "broker", "mosquitto q0", ">= 3"),
+    ]
+    if fan == 1:
+        goals.insert(0, ("direct / raw", "direct", "raw", ">= 0.85"))
+    rows = [[what, ratio(cells, (a, 100), (b, 100)), goal] for what, a, b, goal in goals if (a, 100) in cells]
+    if not rows:
+        return ""
+    return "\nAt 100 B:\n\n" + table(["lossless ratio", "measured", "goal"], rows, right={1})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,135 @@
+"""Run every benchmark, then rebuild the README's "Measured" section from tests/bench/results/.
+
+    .venv/bin/python tests/bench/run_all.py                 # all of them (~25 min; needs Docker and Mosquitto)
+    .venv/bin/python tests/bench/run_all.py --readme-only   # only rewrite the README from the results there
+    .venv/bin/python tests/bench/run_all.py --only websocket  # one of them (a results name), then the README
+
+Each benchmark is also a command of its own (see its docstring); each writes results/NAME.md (+ .png).
+Scripts that only print (stack_lifecycle.py, websocket.py) have their output saved there with a header.
+Only the README's "## Measured" section is rewritten, up to the next "## " heading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import RESULTS, ROOT, docker_version, header, write
+
+BENCH = Path(__file__).resolve().parent
+README = ROOT / "README.md"
+
+# (results name, command, writes its own results file, what the section says before the figures)
+BENCHMARKS = [
+    (
+        "e2e_latency",
+        ["e2e_latency.py"],
+        True,
+        "The morning routine across containers, both wirings: the light switch toggles on a timer with "
+        "prep_time 0, and each toggle's latency is the mirror's publish time minus the light's (two hops; both "
+        "times from `time.time()` in two containers, which share the host's clock). The baseline is the same "
+        "two hops in raw pyzmq containers (through `zmq.proxy` for the broker wiring), in the same run.",
+    ),
+    (
+        "throughput-1x1",
+        ["throughput.py", "--fan", "1"],
+        True,
+        "One publisher and one subscriber process on loopback. Raw is the fastest pyzmq we could write (one "
+        "frame, plain `send`/`recv`); direct is our Publisher to our subscribe(); `zmq.proxy` carries our own "
+        "messages and is the ceiling for any broker; Mosquitto (Debian's 2.0, default config on 127.0.0.1) with "
+        "paho-mqtt carries the same envelope JSON; nodelay sets TCP_NODELAY in paho and Mosquitto.",
+    ),
+    (
+        "throughput-4x4",
+        ["throughput.py", "--fan", "4"],
+        True,
+        "Four publishers and four subscribers on one topic through each broker (N to N): rates are messages "
+        "delivered to all subscribers together.",
+    ),
+    (
+        "stack_lifecycle",
+        ["stack_lifecycle.py"],
+        False,
+        "Images built, prep times 0, median of 3 runs; the baseline is an idle `python` container from the same "
+        "image. Up-to-ready is mostly `--wait` waiting for healthchecks, which run every 1 s (Engine 20.10 has no "
+        "`start_interval` for a faster first check). Each service imports only its own entrypoint: the web "
+        "forwarder's aiohttp would add ~18 MiB to every appliance.",
+    ),
+    ("websocket", ["websocket.py"], False, "The real forwarder process, a publisher and aiohttp clients on loopback."),
+    (
+        "curve",
+        ["curve.py"],
+        True,
+        "What CurveZMQ costs: our own publisher and subscriber (Outbox, Inbox, the socket factory), each in its "
+        "own process, with `curve` off and on, interleaved in the same run. The other benchmarks run without it, "
+        "like raw pyzmq and Mosquitto.",
+    ),
+]
+
+TITLES = {  # of the results of scripts that only print
+    "stack_lifecycle": "Stack lifecycle: up, down and memory, whole stack in Docker",
+    "websocket": "WebSocket forwarder: publish-to-browser latency and sustained rate",
+}
+INTRO = """\
+Benchmarks are scripts in `tests/bench/`, one command each; `.venv/bin/python tests/bench/run_all.py` runs
+them all (about 25 minutes; Docker, `apt-get install mosquitto` and `pip install -e '.[bench]'` first) and
+rewrites this section from `tests/bench/results/`, where each leaves its figures as Markdown and PNG. Nothing
+in them is asserted. The machine they ran on is shared with other work, so absolute figures are noisy: the
+1-minute load average stands beside each figure, and what carries over to another machine is the **ratio to
+a baseline measured in the same run** (cases and repetitions are interleaved, so a slow period hits all alike).
+"""
+
+
+def run(name: str, command: list[str], writes_own: bool) -> None:
+    print(f"== {name}: {' '.join(command)}", file=sys.stderr, flush=True)
+    if writes_own:
+        subprocess.run([sys.executable, str(BENCH / command[0]), *command[1:]], check=True)
+        return
+    top = header(TITLES[name], f"python tests/bench/{' '.join(command)}", {"Docker Engine": docker_version()})
+    output = subprocess.run(
+        [sys.executable, str(BENCH / command[0]), *command[1:]], check=True, capture_output=True, text=True
+    ).stdout
+    write(name, top + "\n" + output)
+
+
+def section() -> str:
+    parts = ["## Measured\n\n", INTRO]
+    for name, command, _, about in BENCHMARKS:
+        path = RESULTS / f"{name}.md"
+        if not path.exists():
+            continue
+        title, _, body = path.read_text().partition("\n")
+        parts.append(f"\n### {title.lstrip('# ')}\n\n`.venv/bin/python tests/bench/{' '.join(command)}`. {about}\n")
+        parts.append(re.sub(r"^- command: .*\n", "", body, flags=re.MULTILINE))
+        if (RESULTS / f"{name}.png").exists():
+            parts.append(f"\n![{title.lstrip('# ')}](tests/bench/results/{name}.png)\n")
+    return "".join(parts)
+
+
+def rewrite_readme() -> None:
+    text = README.read_text()
+    start = text.index("## Measured\n")
+    following = text.find("\n## ", start + 1)
+    end = len(text) if following < 0 else following + 1
+    README.write_text(text[:start] + section() + ("\n" + text[end:] if following >= 0 else ""))
+    print(f"rewrote the Measured section of {README.relative_to(ROOT)}", file=sys.stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readme-only", action="store_true", help="only rebuild the README from results/")
+    parser.add_argument("--only", action="append", metavar="NAME", help="run only this benchmark (repeatable)")
+    options = parser.parse_args()
+    if not options.readme_only:
+        for name, command, writes_own, _ in BENCHMARKS:
+            if not options.only or name in options.only:
+                run(name, command, writes_own)
+    rewrite_readme()
+
+
+if __name__ == "__main__":
+    main()
