@@ -370,14 +370,14 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def setting(engine: docker.DockerClient, rates: list[float]) -> str:
+def setting(engine: docker.DockerClient, rates: list[float], load_average: float) -> str:
     """Date, machine, load and versions: what the figures depend on."""
     info = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "?")
     compose = subprocess.run(["docker", "compose", "version", "--short"], capture_output=True, text=True).stdout
     return (
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} cores ({cpu}), "
-        f"Linux {platform.release()}, load average {os.getloadavg()[0]:.1f} at the start (a shared machine); "
+        f"Linux {platform.release()}, load average {load_average:.1f} at the start (a shared machine); "
         f"Docker Engine {engine.version()['Version']}, Compose {compose.strip()}; Python {platform.python_version()}, "
         f"pyzmq {zmq.pyzmq_version()}, libzmq {zmq.zmq_version()}, smarthome {smarthome.__version__}. "
         f"Load: `{COMMANDS}` commands at {LOAD_RATE} msg/s (measured "
@@ -389,7 +389,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the broker wiring, the toaster's and broker's faults")
     quick = parser.parse_args().quick
-    began = time.monotonic()
+    began, load_average = time.monotonic(), os.getloadavg()[0]
     engine = docker.from_env()
     Stack(engine).compose("build")
     rows: list[Row] = []
@@ -403,7 +403,7 @@ def main() -> None:
             rows += wiring_rows
             rates.append(rate)
     took = f" The whole run took {(time.monotonic() - began) / 60:.1f} min."
-    report = f"{setting(engine, rates)}{took}\n\n{table(rows)}\n"
+    report = f"{setting(engine, rates, load_average)}{took}\n\n{table(rows)}\n"
     print(f"\n{report}")
     if not quick:
         RESULTS.write_text(f"# Fault recovery\n\n`.venv/bin/python tests/bench/faults.py`: {report}")
