@@ -220,9 +220,9 @@ def ghosts(view: dict[str, str], instances: dict[str, set[str]]) -> int:
     count = 0
     for label, state in view.items():
         topic, _, host = label.partition("@")
-        count += bool(host and host not in instances[topic]) or bool(
-            not host and state != "unknown" and not instances[topic]
-        )
+        gone = host and host not in instances[topic]
+        nobody = not host and state != "unknown" and not instances[topic]
+        count += bool(gone or nobody)
     return count
 
 
@@ -325,9 +325,14 @@ def missed(row: Row) -> str:
     return f"{sum(row.missed.values())}: {where}" if where else "0"
 
 
+def healed(row: Row) -> str:
+    """The time it took, or that it did not heal (and why, where the logs are)."""
+    took = f"{row.recovered:.2f} s" if row.recovered is not None else f"> {HEAL:g} s"
+    return f"{took} ({row.note})" if row.note else took
+
+
 def describe(row: Row) -> str:
-    healed = f"{row.recovered:.2f} s" if row.recovered is not None else f"not within {HEAL:g} s"
-    return f"{healed}, missed {missed(row)}, restarts {row.restarts}, ghosts {row.ghosts_left}/{row.ghosts_seen}"
+    return f"{healed(row)}, missed {missed(row)}, restarts {row.restarts}, ghosts {row.ghosts_left}/{row.ghosts_seen}"
 
 
 def zero_prep_configs(directory: Path) -> None:
@@ -362,9 +367,8 @@ def table(rows: list[Row]) -> str:
         "|---|---|---|---:|---|---:|---:|",
     ]
     for row in rows:
-        healed = f"{row.recovered:.2f} s" if row.recovered is not None else f"> {HEAL:g} s"
         lines.append(
-            f"| {row.wiring} | {row.fault} | {row.service} | {healed} | {missed(row)} | {row.restarts} "
+            f"| {row.wiring} | {row.fault} | {row.service} | {healed(row)} | {missed(row)} | {row.restarts} "
             f"| {row.ghosts_left} / {row.ghosts_seen} |"
         )
     return "\n".join(lines)
