@@ -14,6 +14,8 @@ Per fault x service x wiring:
   appliance instance that exists, in the state the wanted light implies), by the line's own timestamp;
 - missed: messages the services counted as missed (their `missed N messages from` lines) from the fault's
   start until WINDOW after recovery;
+- silent: the load's commands sent meanwhile that a light switch neither received nor counted as missed
+  (sent - received - counted, from the switches' `switched ... by` and `missed` lines; +-1 at the edges);
 - restarts: restarts (RestartCount) of the project's containers meanwhile;
 - ghosts: instances the mirror shows that do not exist, left at the end / the most at once after the fault.
 
@@ -47,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import smarthome  # noqa: E402
-from smarthome.core.config import load_config  # noqa: E402
+from smarthome.core.config import LightSwitchConfig, load_config  # noqa: E402
 from smarthome.core.identity import TOOLS, Identity  # noqa: E402
 from smarthome.core.messaging import Outbox, send_frames  # noqa: E402
 from smarthome.tools.cli import publish_endpoint  # noqa: E402
@@ -98,6 +100,7 @@ class Load:
         self.endpoint = publish_endpoint(loaded, COMMANDS)  # the switch's commands port, or the broker's XSUB
         self.server = loaded.binder_of(self.endpoint) or ""
         self.outbox = Outbox(Identity("bench-load", loaded), COMMANDS)
+        self.receivers = [name for name, s in loaded.services.items() if isinstance(s, LightSwitchConfig)]
         self.on = True  # what the light should be: the switches start on
         self.sent = 0
         self.seconds = 0.0
@@ -149,6 +152,7 @@ class Row:
     service: str
     recovered: float | None = None  # seconds from the fault's end; None: never within HEAL
     missed: dict[str, int] = field(default_factory=dict)  # service -> messages it counted as missed
+    silent: int | None = None  # the load's messages lost and not counted; None: no switch to tell
     restarts: int = 0
     ghosts_left: int = 0
     ghosts_seen: int = 0
@@ -198,15 +202,31 @@ class Run:
     def restarts(self) -> dict[str, int]:
         return {c.id: c.attrs["RestartCount"] for c in self.stack.containers()}
 
-    def missed(self, since: float, until: float) -> dict[str, int]:
-        """Service -> messages it counted as missed between `since` and `until`."""
+    def receivers(self) -> set[str]:
+        """The ids of the containers the load's commands go to: the light switches."""
+        return {c.id for service in self.load.receivers for c in self.stack.containers(service)}
+
+    def losses(self, since: float, until: float, receivers: set[str], sent: int) -> tuple[dict[str, int], int | None]:
+        """Service -> messages it counted as missed between `since` and `until`; and of the `sent` commands of the
+        load, those that a switch of `receivers` (still there: a removed one took its logs along) neither
+        received nor counted."""
         counted: dict[str, int] = {}
+        silent: list[int] = []
+        load = self.load.outbox.me.sender
         for container in self.stack.containers():
             service = container.labels["com.docker.compose.service"]
+            received = lost = 0
             for line in container.logs(since=int(since)).decode(errors="replace").splitlines():
-                if (match := MISSED.search(line)) and since <= (stamp(line) or 0) <= until:
+                if not since <= (stamp(line) or 0) <= until:
+                    continue
+                if match := MISSED.search(line):
                     counted[service] = counted.get(service, 0) + int(match[1])
-        return counted
+                    lost += int(match[1]) if line.endswith(load) else 0
+                elif line.endswith(f" by {load}"):  # the switch's line for each command it took
+                    received += 1
+            if container.id in receivers:
+                silent.append(max(0, sent - received - lost))  # a message in flight at an edge: -1
+        return counted, sum(silent) if silent else None
 
     def save_logs(self, row: Row) -> None:
         OUT.mkdir(exist_ok=True)
@@ -298,7 +318,7 @@ def measure(run: Run, fault: str, service: str) -> Row:
         row.note = "not true before the fault"
         run.save_logs(row)
         return row
-    restarts = run.restarts()
+    restarts, receivers, sent = run.restarts(), run.receivers(), run.load.sent
     started = time.time()
     ended = FAULTS[fault](run, service)
     instances = run.instances()
@@ -310,7 +330,8 @@ def measure(run: Run, fault: str, service: str) -> Row:
         row.recovered = max(0.0, final - ended) if final else None
     if row.recovered is None:
         run.save_logs(row)
-    row.missed = run.missed(started, time.time())
+    until = time.time()
+    row.missed, row.silent = run.losses(started, until, receivers, run.load.sent - sent)
     row.restarts = sum(count - restarts.get(key, 0) for key, count in run.restarts().items())
     seen = [view for when, view in run.summaries() if when >= ended]
     row.ghosts_left = ghosts(run.summaries()[-1][1], instances)
@@ -331,8 +352,13 @@ def healed(row: Row) -> str:
     return f"{took} ({row.note})" if row.note else took
 
 
+def silent(row: Row) -> str:
+    return "-" if row.silent is None else str(row.silent)
+
+
 def describe(row: Row) -> str:
-    return f"{healed(row)}, missed {missed(row)}, restarts {row.restarts}, ghosts {row.ghosts_left}/{row.ghosts_seen}"
+    losses = f"missed {missed(row)}, silent {silent(row)}"
+    return f"{healed(row)}, {losses}, restarts {row.restarts}, ghosts {row.ghosts_left}/{row.ghosts_seen}"
 
 
 def zero_prep_configs(directory: Path) -> None:
@@ -363,12 +389,13 @@ def run_wiring(engine: docker.DockerClient, wiring: str, config: Path, quick: bo
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| wiring | fault | service | true again after | missed (counted by) | restarts | ghosts left / seen |",
-        "|---|---|---|---:|---|---:|---:|",
+        "| wiring | fault | service | true again after | missed (counted by) | silent | restarts | ghosts left/seen |",
+        "|---|---|---|---:|---|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
-            f"| {row.wiring} | {row.fault} | {row.service} | {healed(row)} | {missed(row)} | {row.restarts} "
+            f"| {row.wiring} | {row.fault} | {row.service} | {healed(row)} | {missed(row)} | {silent(row)} "
+            f"| {row.restarts} "
             f"| {row.ghosts_left} / {row.ghosts_seen} |"
         )
     return "\n".join(lines)
