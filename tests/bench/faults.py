@@ -15,7 +15,8 @@ Per fault x service x wiring:
 - missed: messages the services counted as missed (their `missed N messages from` lines) from the fault's
   start until WINDOW after recovery;
 - silent: the load's commands sent meanwhile that a light switch neither received nor counted as missed
-  (sent - received - counted, from the switches' `switched ... by` and `missed` lines; +-1 at the edges);
+  (sent - received - counted, from the switches' `switched ... by` and `missed` lines; a few in flight at the
+  window's edges);
 - restarts: restarts (RestartCount) of the project's containers meanwhile;
 - ghosts: instances the mirror shows that do not exist, left at the end / the most at once after the fault.
 
