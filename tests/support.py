@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -12,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,7 @@ CHROMIUM_ARGS = [
     "--no-proxy-server",
     "--host-resolver-rules=MAP evil.example 127.0.0.1",  # DNS rebinding, without a DNS server
 ]
+WIRINGS = {"direct": ("docker-compose.yml",), "broker": BROKER_FILES}  # compose files of each wiring
 DEADLINE = 15.0  # seconds any awaited condition may take before a test fails
 COMPOSE_TIMEOUT = 300  # seconds for one compose command (a first build installs dependencies)
 BROKER_ROUTINE = ["broker", "light-switch", "kitchen-light", "coffee-maker", "toaster", "smart-mirror", "radio"]
@@ -57,16 +59,23 @@ def unavailable(message: str) -> None:
     pytest.skip(message)
 
 
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE, describe=lambda: "") -> Any:
-    """Poll `condition` until it returns something truthy; fail with `what` (and `describe()`) at the deadline."""
+def poll(condition: Callable[[], Any], timeout: float) -> Any:
+    """Poll `condition` until it returns something truthy (returned), or None at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
-        result = condition()
-        if result:
+        if result := condition():
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{describe()}")
+            return None
         time.sleep(0.05)  # ok: the pause between polls of a deadline loop
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE, describe=lambda: "") -> Any:
+    """Poll `condition` until it returns something truthy; fail with `what` (and `describe()`) at the deadline."""
+    result = poll(condition, timeout)
+    if not result:
+        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{describe()}")
+    return result
 
 
 async def wait_until_async(
@@ -238,9 +247,9 @@ class ServiceProcess(LogReader):
 class Stack:
     """One compose project of ours, under its own name, driven by the `docker compose` CLI."""
 
-    def __init__(self, engine: docker.DockerClient, *files: str) -> None:
+    def __init__(self, engine: docker.DockerClient, *files: str, kind: str = "test") -> None:
         self.engine = engine
-        self.project = f"smarthome-test-{uuid.uuid4().hex[:8]}"
+        self.project = f"smarthome-{kind}-{uuid.uuid4().hex[:8]}"
         self.files = [arg for f in files or ("docker-compose.yml",) for arg in ("-f", str(ROOT / f))]
 
     def compose(self, *args: str) -> str:
@@ -254,6 +263,14 @@ class Stack:
         if service:
             labels.append(f"com.docker.compose.service={service}")
         return self.engine.containers.list(all=True, filters={"label": labels})
+
+    def recreate(self, service: str, *options: str) -> None:
+        """A new container for `service` (a new hostname, so a new instance), its dependencies left alone."""
+        self.compose("up", "--detach", *options, "--force-recreate", "--no-deps", service)
+
+    def scale(self, service: str, instances: int, *options: str) -> None:
+        """Start or stop containers of `service` until `instances` run; the others are left as they are."""
+        self.compose("up", "--detach", *options, "--no-recreate", "--scale", f"{service}={instances}", service)
 
     def network(self, name: str) -> Any:
         """One of the project's compose networks."""
@@ -308,3 +325,42 @@ def mirror_shows(stack: Stack, state: str, toasters: int) -> bool:
     """Whether the mirror shows everything in `state`, with `toasters` toaster instances (0: one, unlabelled)."""
     view = mirror_view(stack)
     return sum(label.startswith("toast@") for label in view) == toasters and set(view.values()) == {state}
+
+
+# --- faults on the compose stack (the fault suite and the fault benchmark) ---
+
+
+def kill_service(container: Any) -> None:
+    """SIGKILL the service's own process (not tini): a crash, which the restart policy answers."""
+    top = container.top()
+    pid, cmd = top["Titles"].index("PID"), top["Titles"].index("CMD")
+    [target] = [int(p[pid]) for p in top["Processes"] if p[cmd].startswith("python")]
+    os.kill(target, signal.SIGKILL)
+
+
+def restarted_and_healthy(container: Any, restarts: int) -> bool:
+    """Whether `container` was restarted since it had `restarts` restarts, and is healthy again."""
+    container.reload()
+    state = container.attrs["State"]
+    return container.attrs["RestartCount"] > restarts and state.get("Health", {}).get("Status") == "healthy"
+
+
+@contextlib.contextmanager
+def paused(container: Any) -> Iterator[None]:
+    """`docker pause`: frozen, its TCP connections stay open; only missing heartbeats tell."""
+    container.pause()
+    try:
+        yield
+    finally:
+        container.unpause()
+
+
+@contextlib.contextmanager
+def partitioned(stack: Stack, container: Any) -> Iterator[None]:
+    """Cut `container` off the compose network (no FIN reaches anyone), then plug it back under its service name."""
+    network = stack.network("home")
+    network.disconnect(container)
+    try:
+        yield
+    finally:
+        network.connect(container, aliases=[container.labels["com.docker.compose.service"]])

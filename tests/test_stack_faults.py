@@ -9,24 +9,24 @@ up and down, and a broker restart.
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 from support import (
     ALL_IDLE,
     ALL_READY,
     BROKER_CONFIG,
-    BROKER_FILES,
     SHIPPED_CONFIG,
+    WIRINGS,
     Stack,
+    kill_service,
     mirror_shows,
+    partitioned,
+    paused,
+    restarted_and_healthy,
     smarthome,
     wait_until,
 )
 
 pytestmark = pytest.mark.docker
-WIRINGS = {"direct": ("docker-compose.yml",), "broker": BROKER_FILES}
 HEAL = 60  # seconds any recovery may take before the test fails (the benchmark measures the real figure)
 
 
@@ -35,22 +35,13 @@ def mirror_says(stack: Stack, summary: str) -> None:
 
 
 def crash(stack: Stack, service: str) -> None:
-    """SIGKILL the service's own process (not tini): a crash, which the restart policy answers."""
+    """A crash of the service's process; returns once the restart policy brought it back, healthy."""
     [container] = stack.containers(service)
     restarts = container.attrs["RestartCount"]
-    top = container.top()
-    pid, cmd = top["Titles"].index("PID"), top["Titles"].index("CMD")
-    [target] = [int(p[pid]) for p in top["Processes"] if p[cmd].startswith("python")]
-    os.kill(target, signal.SIGKILL)
-
-    def back() -> bool:
-        container.reload()
-        return (
-            container.attrs["RestartCount"] > restarts
-            and container.attrs["State"].get("Health", {}).get("Status") == "healthy"
-        )
-
-    wait_until(back, f"{service} to be restarted and healthy", HEAL, stack.all_logs)
+    kill_service(container)
+    wait_until(
+        lambda: restarted_and_healthy(container, restarts), f"{service} restarted and healthy", HEAL, stack.all_logs
+    )
 
 
 def light(config, state: str) -> None:
@@ -73,31 +64,24 @@ def test_the_stack_heals_from_every_fault(stack: Stack) -> None:
         mirror_says(stack, ALL_READY)
 
     [toaster] = stack.containers("toaster")
-    toaster.pause()  # frozen: its TCP connections stay open, only the missing heartbeats tell
-    try:
+    with paused(toaster):
         mirror_says(stack, "MIRROR coffee=ready toast=unknown")  # forgotten, not shown as if alive
-    finally:
-        toaster.unpause()
     mirror_says(stack, ALL_READY)
 
-    network = stack.network("home")
-    network.disconnect(toaster)  # a partition while the light changes
-    try:
+    with partitioned(stack, toaster):  # while the light changes
         light(config, "off")
         mirror_says(stack, "MIRROR coffee=idle toast=unknown")
-    finally:
-        network.connect(toaster, aliases=["toaster"])
     mirror_says(stack, ALL_IDLE)  # the toaster learnt the light went off while it was away
     light(config, "on")
     mirror_says(stack, ALL_READY)
 
-    stack.compose("up", "--detach", "--wait", "--force-recreate", "--no-deps", "toaster")  # a new hostname
+    stack.recreate("toaster", "--wait")  # a new hostname
     mirror_says(stack, ALL_READY)  # one toaster: the old instance is forgotten
 
     if broker:
-        stack.compose("up", "--detach", "--wait", "--no-recreate", "--scale", "toaster=3", "toaster")
+        stack.scale("toaster", 3, "--wait")
         wait_until(lambda: mirror_shows(stack, "ready", toasters=3), "3 toasters", HEAL, stack.all_logs)
-        stack.compose("up", "--detach", "--wait", "--no-recreate", "--scale", "toaster=1", "toaster")
+        stack.scale("toaster", 1, "--wait")
         mirror_says(stack, ALL_READY)  # the two scaled-down instances are gone from the mirror
 
         stack.compose("restart", "broker")
