@@ -283,13 +283,15 @@ def test_scaling_the_toaster_down_leaves_no_ghosts(swarm: Swarm) -> None:
 
 def test_stack_rm_ends_every_task_by_its_own_sigterm(swarm: Swarm) -> None:
     tasks = sum(int(replicas.split("/")[0]) for replicas in swarm.services().values())
+    logs = swarm.all_logs()  # gone with the stack
     since = time.time()
     took = swarm.remove()
     codes = exit_codes_since(since, swarm.stack)
     print(f"docker stack rm: every task gone after {took:.1f} s (grace period 5 s)")
     assert len(codes) >= tasks, codes
     # 0: each task stopped by itself on SIGTERM, within the grace period (a SIGKILL after it would be 137).
-    assert set(codes.values()) == {"0"}, codes
+    killed = {name: code for name, code in codes.items() if code != "0"}
+    assert not killed, f"not stopped by their own SIGTERM: {killed}\n{logs}"
 
 
 def test_the_direct_wiring_runs_as_a_stack_too(swarm: Swarm) -> None:
