@@ -25,7 +25,7 @@ from support import ALL_READY, BROKER_CONFIG, ROOT, smarthome, unavailable, wait
 
 pytestmark = pytest.mark.docker
 
-STACK = "smarthome"
+STACK = "smarthome"  # the README's name: this module's swarm is its own, nothing else can hold the name
 CLUSTER = ROOT / "swarm" / "cluster.sh"
 NODE2_HOST = "unix:///var/run/docker-node2.sock"
 HOST_LINK = "veth-s2h"  # node2's only link to the manager
@@ -185,12 +185,12 @@ def swarm(engine: docker.DockerClient, built: None) -> Iterator[Swarm]:
 
 
 @pytest.fixture(autouse=True)
-def logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+def logs_on_failure(request: pytest.FixtureRequest, swarm: Swarm) -> Iterator[None]:
     """Every task and every service's logs after a failed test (pytest shows a failed test's teardown output)."""
     failed = request.session.testsfailed
     yield
     if request.session.testsfailed > failed:
-        print(request.getfixturevalue("swarm").all_logs())
+        print(swarm.all_logs())
 
 
 def test_the_stack_deploys_across_two_nodes_by_label_and_runs_the_routine(swarm: Swarm) -> None:
@@ -262,11 +262,17 @@ def test_a_node_failure_is_seen_rescheduled_where_placement_allows_and_healed(sw
     swarm.wait_for_mirror("idle")  # the kitchen learned what it missed: the light went off
 
 
+def scale_toaster(swarm: Swarm, replicas: int) -> None:
+    """`docker service scale`, then wait until exactly `replicas` toasters run, all in the kitchen."""
+    run("docker", "service", "scale", "--detach", f"{swarm.service('toaster')}={replicas}")
+    wanted = ["node2"] * replicas
+    wait_until(lambda: swarm.running_on("toaster") == wanted, f"{replicas} toasters in the kitchen", DEADLINE)
+
+
 def test_scaling_the_toaster_up_shows_every_toaster(swarm: Swarm) -> None:
     assert smarthome(BROKER_CONFIG, "light", "on").returncode == 0
     swarm.wait_for_mirror("ready")
-    run("docker", "service", "scale", "--detach=false", f"{swarm.service('toaster')}=4")
-    assert swarm.running_on("toaster") == ["node2"] * 4
+    scale_toaster(swarm, 4)
     swarm.wait_for_mirror("ready", toasters=4)
 
 
@@ -276,8 +282,7 @@ def test_scaling_the_toaster_up_shows_every_toaster(swarm: Swarm) -> None:
     "change still to land (then remove this mark)",
 )
 def test_scaling_the_toaster_down_leaves_no_ghosts(swarm: Swarm) -> None:
-    run("docker", "service", "scale", "--detach=false", f"{swarm.service('toaster')}=1")
-    assert swarm.running_on("toaster") == ["node2"]
+    scale_toaster(swarm, 1)
     swarm.wait_for_mirror("ready", toasters=1, timeout=30)  # a sender whose heartbeats stop: gone in seconds
 
 
