@@ -19,7 +19,7 @@ NODE2_PID=/var/run/docker-node2.pid
 NODE2_SOCK=/var/run/docker-node2.sock
 NODE2_LOG=/var/log/docker-node2.log
 CGROUP_PARENT=docker-node2
-STATE=/var/run/smarthome-swarm   # what this script made: "manager" (it ran swarm init), "gwbridge" (it existed)
+STATE=/var/run/smarthome-swarm   # "manager": this script ran swarm init; "gwbridge": docker_gwbridge was there before
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -52,6 +52,7 @@ leave_swarms() {
     wait_for 30 no_swarm_containers || log "swarm tasks still running after 30 s; leaving anyway"
     [ "$(swarm_state)" = inactive ] || docker swarm leave --force >/dev/null
     rm -f "$STATE/manager"
+    touch "$STATE/made"   # for remove_network
   fi
 }
 
@@ -82,9 +83,13 @@ stop_node2() {
   rm -rf "$NODE2_DATA" "$NODE2_EXEC" "$NODE2_SOCK" "$NODE2_PID"
 }
 
+gwbridge_removed() { ! docker network inspect docker_gwbridge >/dev/null 2>&1 || docker network rm docker_gwbridge; }
+
 remove_network() {
-  if [ ! -e "$STATE/gwbridge" ] && docker network inspect docker_gwbridge >/dev/null 2>&1; then
-    docker network rm docker_gwbridge >/dev/null || log "could not remove docker_gwbridge"
+  # Only a docker_gwbridge this script's swarm made (swarm init creates it): once the swarm's sandboxes are
+  # gone it can be removed, which takes a moment after leaving.
+  if [ -e "$STATE/made" ] && [ ! -e "$STATE/gwbridge" ]; then
+    wait_for 20 gwbridge_removed || log "could not remove docker_gwbridge"
   fi
   ip link del "$HOST_IF" 2>/dev/null || true   # netns deletion would free it only later
   ip netns del "$NS" 2>/dev/null || true
