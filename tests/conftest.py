@@ -20,10 +20,13 @@ from support import ServiceProcess, Stack, unavailable
 if TYPE_CHECKING:
     import docker
 
-# The dashboard test imports playwright at module level: without the wheel, leave it out (in CI, where
-# every tier must run, it stays and fails).
-if importlib.util.find_spec("playwright") is None and os.environ.get("CI") != "true":
-    collect_ignore = ["test_dashboard.py"]
+# Docker-tier modules that import its wheels at module level: without the wheel, leave them out (in CI,
+# where every tier must run, they stay and fail).
+collect_ignore = [
+    module
+    for module, wheel in (("test_dashboard.py", "playwright"), ("test_swarm.py", "docker"))
+    if importlib.util.find_spec(wheel) is None and os.environ.get("CI") != "true"
+]
 
 
 @pytest.fixture

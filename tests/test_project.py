@@ -1,4 +1,5 @@
-"""Project invariants: CI runs the README's test command, and no port is published beyond loopback."""
+"""Project invariants: CI runs the README's test command; no port is published beyond loopback, except the
+swarm stack's few host-mode ports, which swarm cannot bind to one address, on the manager only."""
 
 from __future__ import annotations
 
@@ -23,14 +24,16 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 
 class ComposeLoader(yaml.SafeLoader):
-    """Compose files use the `!reset` tag (clear an inherited list); read it as an empty list."""
+    """Compose files use `!reset` (clear an inherited list) and `!override` (replace it); read them as lists."""
 
 
 ComposeLoader.add_constructor("!reset", lambda loader, node: [])
+ComposeLoader.add_constructor("!override", lambda loader, node: loader.construct_sequence(node, deep=True))
+SWARM_FILE = "docker-compose.swarm.yml"
 
 
 def test_ports_are_published_on_loopback_only() -> None:
-    files = list(ROOT.glob("docker-compose*.yml"))
+    files = [path for path in ROOT.glob("docker-compose*.yml") if path.name != SWARM_FILE]
     assert len(files) == 2
     for path in files:
         for name, service in yaml.load(path.read_text(), ComposeLoader)["services"].items():
@@ -63,3 +66,14 @@ def ports_in(config) -> set[int]:
 
     walk(yaml.safe_load(config.read_text()))
     return found
+
+
+def test_the_swarm_stack_publishes_only_the_hub_ports_in_host_mode_on_the_manager() -> None:
+    services = yaml.load((ROOT / SWARM_FILE).read_text(), ComposeLoader)["services"]
+    published = {}
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port["mode"] == "host", f"{name}: {port} goes through the ingress mesh, on every node"
+            assert service["deploy"]["placement"]["constraints"] == ["node.role == manager"], name
+            published[port["published"]] = name
+    assert published == {8080: "web", 5559: "broker", 5560: "broker"}

@@ -25,6 +25,8 @@ from smarthome.core.envelope import HEARTBEAT_TOPIC
 from smarthome.core.identity import TOOLS, Identity
 
 KEYS_ENV = "SMARTHOME_KEYS"
+SECRET_KEY_ENV = "SMARTHOME_SECRET_KEY"  # a file with this service's own pair (a swarm secret); then the
+# folder holds the public keys only
 ZAP_DOMAIN = "smarthome"
 
 
@@ -60,10 +62,7 @@ class KeyRing:
 
     def pair(self, name: str) -> tuple[bytes, bytes]:
         """(public, secret) of `name`, z85-encoded."""
-        public, secret = zmq.auth.load_certificate(self.directory / f"{name}.key_secret")
-        if secret is None:
-            raise FileNotFoundError(f"{name}.key_secret holds no secret key")
-        return public, secret
+        return _pair(self.directory / f"{name}.key_secret")
 
     def public(self, name: str) -> bytes:
         return zmq.auth.load_certificate(self.directory / f"{name}.key")[0]
@@ -86,7 +85,11 @@ class Keys:
         self.config = me.config
         self.ring = KeyRing(keys_dir(me.config))
         names = key_names(me.config)
+        own = os.environ.get(SECRET_KEY_ENV)
         try:
+            if own:  # swarm: our own secret, mounted apart from everyone's public keys
+                self.public, self.secret = _pair(Path(own))
+                return
             if not all((self.ring.directory / f"{name}.key_secret").exists() for name in names):
                 self.ring.ensure(names)  # first start: make them (in compose the `keys` service has)
             self.public, self.secret = self.ring.pair(me.key)
@@ -96,6 +99,13 @@ class Keys:
     def server_key(self, endpoint: str) -> bytes:
         """The public key of whoever binds `endpoint`: a client talks only to the server it meant."""
         return self.ring.public(self.config.binder_of(endpoint) or "")
+
+
+def _pair(path: Path) -> tuple[bytes, bytes]:
+    public, secret = zmq.auth.load_certificate(path)
+    if secret is None:
+        raise FileNotFoundError(f"{path.name} holds no secret key")
+    return public, secret
 
 
 class KeyAuthentication:
