@@ -7,7 +7,7 @@
 The stack is the compose files of a wiring (broker, the default, or direct) plus docker-compose.swarm.yml,
 merged by `docker compose config`. Compose writes the Compose Specification, which `docker stack deploy`
 reads only in its older 3.x form; this script bridges the two and changes nothing else: it drops `name`,
-`build` (swarm never builds), `profiles` and unset keys, writes published ports as numbers and CPU limits as
+`build` (swarm never builds), `develop`, `profiles` and unset keys, writes published ports as numbers and CPU limits as
 strings, and refuses a port bound to one host address (swarm cannot bind one: the swarm file must give it a
 host-mode port, on purpose, or none), rather than widen it.
 
@@ -62,7 +62,7 @@ def to_stack(project: dict[str, Any]) -> dict[str, Any]:
     stack = {key: value for key, value in project.items() if key != "name" and not key.startswith("x-")}
     stack["services"].pop("keys", None)  # compose's one-shot: here the keys come as secrets and configs
     for name, service in stack["services"].items():
-        for key in [key for key, value in service.items() if value is None or key in ("build", "profiles")]:
+        for key in [key for key, value in service.items() if value is None or key in ("build", "profiles", "develop")]:
             del service[key]  # unset keys are null in compose's output; the 3.x schema rejects them
         service.pop("depends_on", None)  # only on `keys`, gone; swarm has no start order anyway
         for port in service.get("ports", []):

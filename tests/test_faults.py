@@ -10,11 +10,14 @@ import json
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import zmq
+from smarthome.core.envelope import Message, encode
+from smarthome.core.messaging import Inbox
 from support import ALL_READY, BROKER_CONFIG, ServiceProcess, endpoint, loopback_config, wait_until, with_key
 
 Start = Callable[..., ServiceProcess]
@@ -110,3 +113,20 @@ def test_a_frozen_subscriber_counts_what_it_missed_and_catches_up(tmp_path: Path
     assert line.endswith(f"messages from light-switch@{socket.gethostname()}"), line
     received = coffee.count("received 'light is")
     coffee.wait_for("received 'light is", times=received + 3)  # and it follows the switch again
+
+
+def frames(topic: str, seq: int, body: dict) -> list[bytes]:
+    return encode(Message(topic, "light-switch@h", 1, seq, time.time(), body))
+
+
+def test_what_a_forgotten_sender_sent_meanwhile_is_counted_and_its_state_taken_anew() -> None:
+    inbox = Inbox("MIRROR", ["light"], None, gone_after=0)  # forgets at once: as after a long partition
+    assert inbox.accept(frames("light", 1, {"state": "ON"}))
+    assert inbox.expire() == ["light-switch@h"]
+    assert inbox.accept(frames("light", 5, {"state": "OFF"}))  # new to us again: taken, not a duplicate
+    assert inbox.missed == {"light-switch@h": 3}  # seq 2, 3 and 4 went while we had forgotten it
+    assert inbox.expire() == ["light-switch@h"]
+    assert inbox.accept(frames("heartbeat", 7, {"for": "light"}))
+    assert inbox.missed == {"light-switch@h": 2}  # counted from where it was (the count is per appearance)
+    assert inbox.accept(frames("light", 5, {"state": "OFF"}))  # the state re-sent: we hold none since we forgot
+    assert not inbox.accept(frames("light", 5, {"state": "OFF"}))  # ... and once we hold it, a copy is no news

@@ -95,6 +95,13 @@ class Stream:
     def __init__(self, boot: int, seq: int) -> None:
         self.boot, self.seq, self.counted = boot, seq, seq
 
+    @classmethod
+    def resumed(cls, forgotten: Stream) -> Stream:
+        """A forgotten sender's stream, back: no state held (seq 0), gaps still counted from where it was."""
+        stream = cls(forgotten.boot, 0)
+        stream.counted = forgotten.counted
+        return stream
+
 
 class Inbox:
     """What every subscriber does with a received message before its handler sees it.
@@ -130,6 +137,7 @@ class Inbox:
         self.missed: dict[str, int] = {}  # sender -> messages of it we never got
         self.gaps = 0  # gaps counted so far, all senders
         self.asked: dict[str, dict[str, float]] = {}  # sender -> topic -> when we last asked for its state
+        self.tombstones: OrderedDict[str, dict[str, Stream]] = OrderedDict()  # forgotten senders' streams
 
     @property
     def subscriptions(self) -> list[str]:
@@ -147,6 +155,7 @@ class Inbox:
         if self.policy and (refused := self.policy.refuses(peer or "?", message.sender, message.topic)):
             warnings.warn("%s dropped a message on '%s': %s", self.label, message.topic, refused)
             return None
+        self._revive(message.sender)
         if message.topic == HEARTBEAT_TOPIC:
             return self._heartbeat(message)
         if self.wanted and message.topic not in self.wanted:  # subscriptions match prefixes: 'light' ~ 'lightning'
@@ -179,15 +188,16 @@ class Inbox:
             return None
         self._hear(message.sender)
         stream = self.streams[message.sender].get(topic)
-        if stream is None or message.boot > stream.boot:
-            # It has a state (seq > 0) we do not hold: we joined, or came back, after it was sent. Ask again,
-            # but once per `gone_after`: the re-send may be on its way already.
-            if message.seq > 0 and self._may_ask(message.sender, topic):
-                self._resync(topic)
-        elif message.boot == stream.boot and message.seq > stream.counted:
+        if stream and message.boot == stream.boot and message.seq > stream.counted:
             self._count(message.sender, message.seq - stream.counted)
             stream.counted = message.seq
             self._resync(topic)
+        elif (
+            (stream is None or message.boot > stream.boot or stream.seq == 0)
+            and message.seq > 0
+            and self._may_ask(message.sender, topic)  # once per `gone_after`: the re-send may be on its way
+        ):
+            self._resync(topic)  # it has a state we do not hold: we joined, or came back, after it was sent
         return message, None
 
     def _may_ask(self, sender: str, topic: str) -> bool:
@@ -204,6 +214,11 @@ class Inbox:
         for sock in self.socks:
             sock.unsubscribe(prefix)
             sock.subscribe(prefix)
+
+    def _revive(self, sender: str) -> None:
+        """A sender we forgot is back: what it sent meanwhile counts as missed, but its state is new to us."""
+        if sender not in self.heard and (earlier := self.tombstones.pop(sender, None)):
+            self.streams[sender] = {topic: Stream.resumed(stream) for topic, stream in earlier.items()}
 
     def _hear(self, sender: str) -> None:
         self.heard[sender] = time.monotonic()
@@ -233,5 +248,8 @@ class Inbox:
                 break
             gone.append(sender)
         for sender in gone:
+            self.tombstones[sender] = self.streams.get(sender, {})  # to count what it sends while forgotten
+            if len(self.tombstones) > MAX_SENDERS:
+                self.tombstones.popitem(last=False)
             self._forget(sender)
         return gone
