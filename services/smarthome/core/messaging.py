@@ -86,6 +86,34 @@ class Outbox:
         return True
 
 
+class Liveness:
+    """When each sender was last heard, least recent first, bounded to MAX_SENDERS: who is alive, who is gone."""
+
+    def __init__(self, gone_after: float) -> None:
+        self.gone_after = gone_after
+        self._heard: OrderedDict[str, float] = OrderedDict()
+
+    def __contains__(self, sender: str) -> bool:
+        return sender in self._heard
+
+    def hear(self, sender: str) -> str | None:
+        """`sender` is alive now; the sender forgotten to keep the bound, if one had to be."""
+        self._heard[sender] = time.monotonic()
+        self._heard.move_to_end(sender)
+        return self._heard.popitem(last=False)[0] if len(self._heard) > MAX_SENDERS else None
+
+    def drop(self, sender: str) -> None:
+        self._heard.pop(sender, None)
+
+    def gone(self) -> list[str]:
+        """The senders not heard for `gone_after` seconds, no longer tracked."""
+        deadline = time.monotonic() - self.gone_after
+        gone = []
+        while self._heard and next(iter(self._heard.values())) < deadline:  # least recently heard first
+            gone.append(self._heard.popitem(last=False)[0])
+        return gone
+
+
 class Stream:
     """What a subscriber knows of one (sender, topic): the boot and seq of its newest message, and the seq up to
     which every message is accounted for (received, or counted as missed)."""
@@ -133,7 +161,7 @@ class Inbox:
         self.gone_after = gone_after
         self.socks: list[zmq.Socket] = []  # the SUB sockets this inbox reads, subscribed to `subscriptions`
         self.streams: dict[str, dict[str, Stream]] = {}  # sender -> topic -> what we know of it
-        self.heard: OrderedDict[str, float] = OrderedDict()  # sender -> when last heard, least recent first
+        self.liveness = Liveness(gone_after)
         self.missed: dict[str, int] = {}  # sender -> messages of it we never got
         self.gaps = 0  # gaps counted so far, all senders
         self.asked: dict[str, dict[str, float]] = {}  # sender -> topic -> when we last asked for its state
@@ -217,15 +245,13 @@ class Inbox:
 
     def _revive(self, sender: str) -> None:
         """A sender we forgot is back: what it sent meanwhile counts as missed, but its state is new to us."""
-        if sender not in self.heard and (earlier := self.tombstones.pop(sender, None)):
+        if sender not in self.liveness and (earlier := self.tombstones.pop(sender, None)):
             self.streams[sender] = {topic: Stream.resumed(stream) for topic, stream in earlier.items()}
 
     def _hear(self, sender: str) -> None:
-        self.heard[sender] = time.monotonic()
-        self.heard.move_to_end(sender)
         self.streams.setdefault(sender, {})
-        if len(self.heard) > MAX_SENDERS:
-            self._forget(next(iter(self.heard)))
+        if evicted := self.liveness.hear(sender):
+            self._forget(evicted)
 
     def _count(self, sender: str, missed: int) -> None:
         if missed > 0:
@@ -234,19 +260,14 @@ class Inbox:
             log.warning("%s missed %d messages from %s", self.label, missed, sender)
 
     def _forget(self, sender: str) -> None:
-        self.heard.pop(sender, None)
+        self.liveness.drop(sender)
         self.streams.pop(sender, None)
         self.missed.pop(sender, None)
         self.asked.pop(sender, None)
 
     def expire(self) -> list[str]:
         """The senders not heard for `gone_after` seconds, now forgotten."""
-        deadline = time.monotonic() - self.gone_after
-        gone = []
-        for sender, heard in self.heard.items():  # least recently heard first
-            if heard >= deadline:
-                break
-            gone.append(sender)
+        gone = self.liveness.gone()
         for sender in gone:
             self.tombstones[sender] = self.streams.get(sender, {})  # to count what it sends while forgotten
             if len(self.tombstones) > MAX_SENDERS:

@@ -8,7 +8,6 @@ subscribe and unsubscribe. Both sockets live on the one loop; neither is touched
 
 import logging
 import re
-import time
 from collections import OrderedDict
 
 import zmq
@@ -16,7 +15,7 @@ import zmq
 from smarthome.core.config import BrokerConfig
 from smarthome.core.envelope import HEARTBEAT_TOPIC, sender_of
 from smarthome.core.identity import Identity
-from smarthome.core.messaging import MAX_SENDERS, Subscription, send_frames
+from smarthome.core.messaging import Liveness, Subscription, send_frames
 from smarthome.core.runtime import Loop
 from smarthome.core.sockets import warnings
 
@@ -36,7 +35,7 @@ def main(me: Identity, spec: BrokerConfig) -> int:
     to_subscribers = loop.sockets.make(zmq.XPUB, bind=spec.subscribers, xpub_verbose=True)
     last_values: OrderedDict[tuple[bytes, str], list[bytes]] = OrderedDict()
     cached_bytes = 0
-    heard: OrderedDict[str, float] = OrderedDict()  # sender -> when last heard, least recent first
+    liveness = Liveness(me.config.gone_after)
     upstream: set[bytes] = set()  # subscriptions the publishers have from us
 
     def forward(frames: list[bytes], peer: str | None = None) -> None:
@@ -50,10 +49,8 @@ def main(me: Identity, spec: BrokerConfig) -> int:
         send_frames(to_subscribers, frames)
         if sender is None:
             return  # not ours to keep; every subscriber drops it as malformed
-        heard[sender] = time.monotonic()
-        heard.move_to_end(sender)
-        if len(heard) > MAX_SENDERS:
-            forget(next(iter(heard)))
+        if evicted := liveness.hear(sender):
+            forget(evicted)
         if frames[0] == HEARTBEAT:
             return  # "alive now" is not state: a late subscriber must not take it for a live sender
         key = (frames[0], sender)
@@ -69,13 +66,11 @@ def main(me: Identity, spec: BrokerConfig) -> int:
             cached_bytes -= len(frames[0]) + len(frames[1])
 
     def forget(sender: str) -> None:
-        heard.pop(sender, None)
         for key in [key for key in last_values if key[1] == sender]:
             uncache(key)
 
     def expire() -> None:
-        deadline = time.monotonic() - me.config.gone_after
-        for sender in [sender for sender, at in heard.items() if at < deadline]:
+        for sender in liveness.gone():
             log.info("%s forgot %s: no heartbeat for %gs", spec.name, sender, me.config.gone_after)
             forget(sender)
 

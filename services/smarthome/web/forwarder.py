@@ -162,7 +162,8 @@ class Forwarder:
             log.info("%s %s is offline", self.spec.name, sender)
             self.send_all(self.presence(sender))
         while len(self.online) > MAX_SENDERS:  # gone senders are kept (shown offline), but not without bound
-            self.forget(next(sender for sender, online in self.online.items() if not online))
+            offline = (sender for sender, online in self.online.items() if not online)
+            self.forget(next(offline, next(iter(self.online))))  # the oldest offline one, else the oldest
 
     def forget(self, sender: str) -> None:
         del self.online[sender]
