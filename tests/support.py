@@ -104,6 +104,15 @@ def with_key(sock: zmq.Socket, config: Path, name: str = TOOLS, server: str | No
     return sock
 
 
+def listener(context: zmq.Context, config: Path, service: str, *topics: bytes) -> zmq.Socket:
+    """A test's own SUB (the host tools' key) on `service`'s publisher, subscribed to `topics`."""
+    sub = with_key(context.socket(zmq.SUB), config, server=service)
+    for topic in topics:
+        sub.subscribe(topic)
+    sub.connect(endpoint(config, service))
+    return sub
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,7 +18,7 @@ import pytest
 import zmq
 from smarthome.core.envelope import Message, encode
 from smarthome.core.messaging import Inbox
-from support import ALL_READY, BROKER_CONFIG, ServiceProcess, endpoint, loopback_config, wait_until, with_key
+from support import ALL_READY, BROKER_CONFIG, ServiceProcess, listener, loopback_config, wait_until
 
 Start = Callable[..., ServiceProcess]
 FAST = {"heartbeat_interval": 0.2, "offline_after": 3, "zmtp.heartbeat_ivl": 0.2, "zmtp.heartbeat_timeout": 0.6}
@@ -34,25 +34,17 @@ def instance(name: str) -> dict[str, str]:
     return {"SMARTHOME_INSTANCE": name}
 
 
-def test_heartbeats_carry_the_seq_without_consuming_one(config: Path, run_service: Start) -> None:
+def test_heartbeats_carry_the_seq_without_consuming_one(config: Path, run_service: Start, context: zmq.Context) -> None:
     switch = run_service("light-switch", config)
     switch.wait_for("started")
-    context = zmq.Context()
-    try:
-        sub = with_key(context.socket(zmq.SUB), config, server="light-switch")
-        sub.linger = 0
-        for topic in (b"light", b"heartbeat"):
-            sub.subscribe(topic)
-        sub.connect(endpoint(config, "light-switch"))
-        seen: list[tuple[str, int]] = []
-        while len([t for t, _ in seen if t == "heartbeat"]) < 3:  # bounded: each wait has a deadline
-            wait_until(lambda: sub.poll(100), "a message from the switch", describe=switch.output)
-            topic, body = sub.recv_multipart()
-            seen.append((topic.decode(), json.loads(body)["seq"]))
-        assert ("light", 1) in seen
-        assert {seq for topic, seq in seen if topic == "heartbeat"} == {1}  # 'newest is 1', again and again
-    finally:
-        context.destroy(linger=0)
+    sub = listener(context, config, "light-switch", b"light", b"heartbeat")
+    seen: list[tuple[str, int]] = []
+    while len([t for t, _ in seen if t == "heartbeat"]) < 3:  # bounded: each wait has a deadline
+        wait_until(lambda: sub.poll(100), "a message from the switch", describe=switch.output)
+        topic, body = sub.recv_multipart()
+        seen.append((topic.decode(), json.loads(body)["seq"]))
+    assert ("light", 1) in seen
+    assert {seq for topic, seq in seen if topic == "heartbeat"} == {1}  # 'newest is 1', again and again
 
 
 def test_a_killed_instance_is_forgotten_and_the_mirror_shows_only_the_live_ones(

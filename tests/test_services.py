@@ -17,6 +17,7 @@ from support import (
     SHIPPED_CONFIG,
     ServiceProcess,
     endpoint,
+    listener,
     loopback_config,
     wait_until,
     with_key,
@@ -125,10 +126,8 @@ class FakeAppliance:
 
 
 @pytest.fixture
-def fake_coffee_maker(config: Path) -> FakeAppliance:
-    context = zmq.Context()
-    yield FakeAppliance(context, endpoint(config, "coffee-maker"), config)
-    context.destroy(linger=0)
+def fake_coffee_maker(config: Path, context: zmq.Context) -> FakeAppliance:
+    return FakeAppliance(context, endpoint(config, "coffee-maker"), config)
 
 
 def test_malformed_messages_are_logged_and_dropped_and_the_mirror_keeps_going(
@@ -173,23 +172,16 @@ def test_duplicates_stale_messages_and_prefix_matches_are_ignored(
 
 
 def test_a_subscriber_joining_late_gets_the_current_state_without_any_new_publish(
-    config: Path, run_service: Start
+    config: Path, run_service: Start, context: zmq.Context
 ) -> None:
     switch = run_service("light-switch", config)
     switch.wait_for("started")
-    context = zmq.Context()
-    try:
-        sub = with_key(context.socket(zmq.SUB), config, server="light-switch")
-        sub.linger = 0
-        sub.subscribe(b"light")
-        sub.connect(endpoint(config, "light-switch"))
-        wait_until(lambda: sub.poll(100), "the current light state")
-        topic, body = sub.recv_multipart()
-        assert topic == b"light"
-        assert json.loads(body)["body"] == {"state": "ON"}
-        assert switch.count("published") == 1  # a re-send of the state, not a new publish
-    finally:
-        context.destroy(linger=0)
+    sub = listener(context, config, "light-switch", b"light")
+    wait_until(lambda: sub.poll(100), "the current light state")
+    topic, body = sub.recv_multipart()
+    assert topic == b"light"
+    assert json.loads(body)["body"] == {"state": "ON"}
+    assert switch.count("published") == 1  # a re-send of the state, not a new publish
 
 
 @pytest.mark.parametrize("source", [SHIPPED_CONFIG, BROKER_CONFIG], ids=["direct", "broker"])
