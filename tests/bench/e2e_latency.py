@@ -58,12 +58,17 @@ def write_configs(directory: Path) -> None:
     directory.chmod(0o755)  # the services run as a non-root user
 
 
-def start(client: docker.DockerClient, network: str, args: list[str], alias: str | None = None):
-    """A container of the project's image running e2e_roles.py with `args`, on `network`."""
+def start(client: docker.DockerClient, network: str, args: list[str], alias: str | None = None, keys: bool = False):
+    """A container of the project's image running e2e_roles.py with `args`, on `network`; with `keys`, the stack's
+    CurveZMQ keys at /keys, read as root (the tools' secret belongs to the host's user)."""
+    volumes = {BENCH_DIR: {"bind": "/bench", "mode": "ro"}}
+    if keys:
+        volumes[str(ROOT / "keys")] = {"bind": "/keys", "mode": "ro"}
     container = client.containers.create(
         "smarthome:latest",
         entrypoint=["python", "/bench/e2e_roles.py", *args],
-        volumes={BENCH_DIR: {"bind": "/bench", "mode": "ro"}},
+        volumes=volumes,
+        user="root" if keys else None,
         init=True,
     )
     client.networks.get(network).connect(container, aliases=[alias] if alias else None)
@@ -91,7 +96,7 @@ def ours(client: docker.DockerClient, wiring: str, config_dir: str, toggles: int
     endpoints = ["tcp://broker:5560"] if wiring == "broker" else ["tcp://light-switch:5556", "tcp://smart-mirror:5561"]
     try:
         sh(*compose, "up", "--detach", "--wait", *services, env=env)
-        probe = start(client, f"{project}_home", ["probe", "ours", ",".join(endpoints), str(toggles)])
+        probe = start(client, f"{project}_home", ["probe", "ours", ",".join(endpoints), str(toggles)], keys=True)
         try:
             return probe_result(probe, toggles)
         finally:

@@ -6,6 +6,9 @@
     python /bench/e2e_roles.py proxy XSUB_ENDPOINT XPUB_ENDPOINT
     python /bench/e2e_roles.py probe ours|raw SUB_ENDPOINT[,...] TOGGLES
 
+The probe of `ours` speaks CurveZMQ like the host tools: the tools' key from /keys, and the server key of
+the service named by each endpoint's host.
+
 The raw routine does what ours does with nothing else: the light toggles every PERIOD seconds, each
 appliance forwards the light's (seq, state, send time) at once, the mirror publishes when every appliance
 has answered a toggle. An endpoint with '*' is bound, any other is connected.
@@ -24,11 +27,13 @@ import sys
 import time
 
 import zmq
+import zmq.auth
 
 TOGGLE = struct.Struct("!Q?d")  # seq, on, light send time
 MIRROR = struct.Struct("!Q?dd")  # seq, on, light send time, mirror send time
 WARMUP = 20  # toggles skipped while every subscription settles
 SETTLE = 2.0  # seconds the probe keeps listening after its last toggle
+KEYS = "/keys"  # the stack's CurveZMQ keys, mounted read-only
 
 
 def attach(sock: zmq.Socket, endpoint: str) -> zmq.Socket:
@@ -79,7 +84,12 @@ def proxy(context: zmq.Context, xsub_endpoint: str, xpub_endpoint: str) -> None:
 
 def probe(context: zmq.Context, mode: str, endpoints: str, toggles: int) -> None:
     sub = context.socket(zmq.SUB)
+    if mode == "ours":
+        sub.curve_publickey, sub.curve_secretkey = zmq.auth.load_certificate(f"{KEYS}/tools.key_secret")
     for endpoint in endpoints.split(","):
+        if mode == "ours":  # pinned per connection: the option applies to the connects that follow it
+            server = endpoint.split("//")[1].split(":")[0]
+            sub.curve_serverkey = zmq.auth.load_certificate(f"{KEYS}/{server}.key")[0]
         sub.connect(endpoint)
     sub.subscribe(b"mirror")
     if mode == "ours":
