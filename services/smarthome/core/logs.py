@@ -17,6 +17,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from smarthome.core.config import ConfigError
 
@@ -72,6 +74,46 @@ def setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(FORMATTERS[kind](tracebacks=level == "debug"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+class HeldLines(logging.Handler):
+    """Holds log records until `flush()`, then hands them to `targets` in order. A loop flushes after each
+    wakeup, so the lines about a message are written after the messages it caused have been sent: log I/O
+    (and, under Docker, the log driver it wakes) is never on a message's path. Errors are written at once."""
+
+    CAPACITY = 1000  # records held at most; more are written at once
+
+    def __init__(self, targets: list[logging.Handler]) -> None:
+        super().__init__()
+        self.targets = targets
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if len(self.records) >= self.CAPACITY or record.levelno >= logging.ERROR:
+            self.flush()
+
+    def flush(self) -> None:
+        records, self.records = self.records, []
+        for record in records:
+            for target in self.targets:
+                if record.levelno >= target.level:
+                    target.handle(record)
+
+
+@contextmanager
+def held_lines() -> Iterator[HeldLines]:
+    """The root logger's lines held until the yielded handler's `flush()` (and written at the end, whatever
+    ends it), then its own handlers back."""
+    root = logging.getLogger()
+    targets = root.handlers[:]
+    held = HeldLines(targets)
+    root.handlers = [held]
+    try:
+        yield held
+    finally:
+        root.handlers = targets
+        held.flush()
 
 
 class LimitedWarnings:

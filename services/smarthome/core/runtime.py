@@ -22,6 +22,7 @@ import zmq
 from smarthome.core.config import Publish, Subscribe
 from smarthome.core.envelope import HEARTBEAT_TOPIC, Message
 from smarthome.core.identity import HEALTH_TOUCH_EVERY, Identity
+from smarthome.core.logs import held_lines
 from smarthome.core.messaging import Body, Inbox, Outbox, Subscription, send_frames
 from smarthome.core.sockets import Handler, Sockets, guarded
 
@@ -153,12 +154,14 @@ class Loop:
         self.me.health.touch()
         log.info("%s started", self.me.label)
         try:
-            while not self._stopping:
-                for sock, _ in self.poller.poll(self._poll_timeout_ms()):
-                    if self._stopping:
-                        break
-                    self._readers[sock]()
-                self._run_due_timers()
+            with held_lines() as lines:  # each wakeup's lines are written once its messages are out
+                while not self._stopping:
+                    for sock, _ in self.poller.poll(self._poll_timeout_ms()):
+                        if self._stopping:
+                            break
+                        self._readers[sock]()
+                    self._run_due_timers()
+                    lines.flush()
         finally:
             self.me.health.remove()
             self.context.destroy()  # closes each socket with its own linger: 0 unless a socket asked for more
