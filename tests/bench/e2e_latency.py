@@ -7,6 +7,7 @@ Light switch -> coffee maker and toaster -> mirror: two hops, one container per 
           toggling every PERIOD s); a probe container on the stack's network subscribes to the light and to
           the mirror's published view. Latency of a toggle: the `ts` of the first mirror view showing every
           appliance in the toggle's state, minus the `ts` of the light's message.
+  ours, health every 1 s  the same with Docker's healthcheck every 1 s instead of 10 s (what the checks cost)
   ours, logs at WARNING   the same, without the INFO log line each service writes per message (what logging costs)
   raw     the same two hops in raw pyzmq (tests/bench/e2e_roles.py) in the same image: each appliance
           forwards at once, the mirror publishes when both answered. Broker wiring: through zmq.proxy.
@@ -37,7 +38,8 @@ PERIOD = 0.05  # seconds between toggles: far above any answer time, so toggles 
 BENCH_DIR = str(Path(__file__).resolve().parent)
 APPLIANCES = {"coffee-maker": 5557, "toaster": 5558}
 QUIET = "ours, logs at WARNING"  # what the INFO log lines (one per message and hop) cost
-CASES = [(wiring, path) for wiring in ("direct", "broker") for path in ("ours", QUIET, "raw")]
+CHECKED = "ours, health every 1 s"  # what Docker's healthchecks cost at the interval shipped before
+CASES = [(wiring, path) for wiring in ("direct", "broker") for path in ("ours", CHECKED, QUIET, "raw")]
 
 
 def write_configs(directory: Path) -> None:
@@ -85,17 +87,21 @@ def probe_result(probe, toggles: int) -> dict:
         raise
 
 
-def ours(client: docker.DockerClient, wiring: str, config_dir: str, toggles: int, quiet: bool) -> dict:
-    """The real services under compose; the probe on the stack's network."""
+def ours(client: docker.DockerClient, wiring: str, config_dir: str, toggles: int, path: str) -> dict:
+    """The real services under compose, as shipped but for `path`; the probe on the stack's network (it
+    records from the mirror's first view on)."""
     project = f"smarthome-bench-{uuid.uuid4().hex[:6]}"
     files = ["-f", "docker-compose.yml"] + (["-f", "docker-compose.broker.yml"] if wiring == "broker" else [])
-    files += ["-f", f"{config_dir}/quiet-smarthome{'.broker' if wiring == 'broker' else ''}.yml"] if quiet else []
+    if path == QUIET:
+        files += ["-f", f"{config_dir}/quiet-smarthome{'.broker' if wiring == 'broker' else ''}.yml"]
     services = ["light-switch", *APPLIANCES, "smart-mirror"] + (["broker"] if wiring == "broker" else [])
     compose = ["docker", "compose", "-p", project, *files]
     env = {**os.environ, "SMARTHOME_CONFIG_DIR": config_dir}
+    if path == CHECKED:
+        env["SMARTHOME_HEALTHCHECK_INTERVAL"] = "1s"
     endpoints = ["tcp://broker:5560"] if wiring == "broker" else ["tcp://light-switch:5556", "tcp://smart-mirror:5561"]
     try:
-        sh(*compose, "up", "--detach", "--wait", *services, env=env)
+        sh(*compose, "up", "--detach", *services, env=env)
         probe = start(client, f"{project}_home", ["probe", "ours", ",".join(endpoints), str(toggles)], keys=True)
         try:
             return probe_result(probe, toggles)
@@ -166,7 +172,7 @@ def main() -> None:
                 if path == "raw":
                     got = raw(client, wiring, options.toggles)
                 else:
-                    got = ours(client, wiring, config_dir, options.toggles, quiet=path == QUIET)
+                    got = ours(client, wiring, config_dir, options.toggles, path)
                 cell = pooled[wiring, path]
                 cell["latencies"] += got["latencies"]
                 cell["missed"] += got["missed"]
@@ -210,7 +216,8 @@ def report(top: str, pooled: dict[tuple[str, str], dict], options: argparse.Name
             right={2, 3, 4, 5, 6, 7},
         )
         + "\nGoal: p99 < 2 ms direct, < 3 ms broker. Ours includes what the real services do per message: "
-        "decode and validate, log lines at INFO (Docker's json-file log driver), the mirror's view.\n"
+        "decode and validate, CurveZMQ, log lines at INFO (Docker's json-file log driver), the mirror's view, "
+        "and Docker's healthchecks (each a `docker exec`, every 10 s as shipped).\n"
     )
     write("e2e_latency", text)
     groups = [f"{wiring} {path}" for wiring, path in CASES]

@@ -99,8 +99,10 @@ def probe(context: zmq.Context, mode: str, endpoints: str, toggles: int) -> None
     while deadline is None or time.monotonic() < deadline:
         if not sub.poll(100):
             continue
-        frames = sub.recv_multipart()
-        events.append(_event(mode, frames))
+        event = _event(mode, sub.recv_multipart())
+        if mode == "ours" and not events and event[0] != "mirror":
+            continue  # recorded from the mirror's first view on: before it, the stack is still starting
+        events.append(event)
         if deadline is None and _toggles_seen(mode, events) >= WARMUP + toggles:
             deadline = time.monotonic() + SETTLE
     print(json.dumps(_latencies(mode, events, toggles)), flush=True)
