@@ -235,6 +235,8 @@ def test_a_rolling_update_of_the_light_switch_reaches_every_appliance(swarm: Swa
     assert smarthome(BROKER_CONFIG, "light", "off").returncode == 0  # both switches
     swarm.wait_for_mirror("idle")
     commanded = swarm.count("light-switch", "BATHROOM LIGHT switched OFF by")
+    switch_gaps = "messages from light-switch@"  # how a subscriber's gap count (Inbox) names the sender
+    gaps_before = {name: swarm.count(name, switch_gaps) for name in ("coffee-maker", "toaster")}
 
     # The replacement starts (with the light on, by default) before the old switch stops (start-first)...
     run("docker", "service", "update", "--force", "--detach=false", swarm.service("light-switch"))
@@ -245,6 +247,8 @@ def test_a_rolling_update_of_the_light_switch_reaches_every_appliance(swarm: Swa
     swarm.wait_for_mirror("idle")
     assert smarthome(BROKER_CONFIG, "light", "on").returncode == 0  # the new switch drives every appliance
     swarm.wait_for_mirror("ready")
+    # Nothing the switch sent was lost across the update: no appliance counted a gap in its messages.
+    assert {name: swarm.count(name, switch_gaps) for name in gaps_before} == gaps_before, swarm.all_logs()
 
 
 def test_a_node_failure_is_seen_rescheduled_where_placement_allows_and_healed(swarm: Swarm) -> None:
