@@ -32,7 +32,9 @@ def test_held_lines_are_written_in_order_at_each_flush_and_at_the_end() -> None:
         log.info("first")
         log.info("second")
         assert out.getvalue() == ""  # held: the message they tell of is still being sent
+        assert lines.held_for() > 0
         lines.flush()
+        assert lines.held_for() == 0
         assert [line.split()[-1] for line in out.getvalue().splitlines()] == ["first", "second"]
         log.info("third")
     assert out.getvalue().splitlines()[-1].endswith("third")  # written when the loop ends, however it ends

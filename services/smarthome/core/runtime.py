@@ -27,6 +27,11 @@ from smarthome.core.messaging import Body, Inbox, Outbox, Subscription, send_fra
 from smarthome.core.sockets import Handler, Sockets, guarded
 
 DRAIN_LIMIT = 1000  # messages read from one socket per wakeup, so no socket starves the others
+# Log lines are written once the loop has heard nothing for LINES_AFTER_IDLE (the routine's next hops, in other
+# processes on the same cores, are done by then: writing, and the log driver it wakes, no longer competes with
+# them), and at most LINES_HELD_AT_MOST after the event, however busy the loop is. Their timestamps are the events'.
+LINES_AFTER_IDLE = 0.003
+LINES_HELD_AT_MOST = 0.1
 log = logging.getLogger("smarthome")
 
 
@@ -133,9 +138,10 @@ class Loop:
             if not timer.cancelled:
                 timer.callback()
 
-    def _poll_timeout_ms(self) -> int:
-        """Until the next timer: there is always one (the health touch), so a poll never blocks for long."""
-        return max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
+    def _poll_timeout_ms(self, lines_held: bool) -> int:
+        """Until the next timer (there is always one: the health touch), or LINES_AFTER_IDLE with lines held."""
+        until_timer = self._timers[0][0] - time.monotonic()
+        return max(0, int(min(until_timer, LINES_AFTER_IDLE if lines_held else until_timer) * 1000) + 1)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -154,14 +160,16 @@ class Loop:
         self.me.health.touch()
         log.info("%s started", self.me.label)
         try:
-            with held_lines() as lines:  # each wakeup's lines are written once its messages are out
+            with held_lines() as lines:  # written when the loop is idle: never on a message's path
                 while not self._stopping:
-                    for sock, _ in self.poller.poll(self._poll_timeout_ms()):
+                    ready = self.poller.poll(self._poll_timeout_ms(bool(lines.records)))
+                    for sock, _ in ready:
                         if self._stopping:
                             break
                         self._readers[sock]()
                     self._run_due_timers()
-                    lines.flush()
+                    if not ready or lines.held_for() > LINES_HELD_AT_MOST:
+                        lines.flush()
         finally:
             self.me.health.remove()
             self.context.destroy()  # closes each socket with its own linger: 0 unless a socket asked for more
