@@ -45,20 +45,30 @@ def free_port() -> int:
 
 
 def start_forwarder(directory: Path, feed: int, http: int, queue: int) -> subprocess.Popen[bytes]:
+    commands = free_port()
     config = {
         "max_message_bytes": 65536,
         "heartbeat_interval": 1,
+        "offline_after": 3,
+        "zmtp": {"heartbeat_ivl": 0.5, "heartbeat_timeout": 1.5, "heartbeat_ttl": 1.5},
+        "curve": False,  # like the baseline SUB; tests/bench/curve.py measures what CurveZMQ costs
         "services": {
+            "feed": {  # the benchmark's own publisher (Feed), declared because the web's endpoints must name
+                "role": "light-switch",  # who binds them; it is never run
+                "name": "FEED",
+                "publish": {"topic": "toast", "bind": f"tcp://*:{feed}"},
+                "toggle_period": 0,
+                "commands": {"topics": ["light-set"], "bind": f"tcp://127.0.0.1:{commands}"},
+            },
             "web": {
                 "role": "web",
                 "name": "WEB",
                 "port": http,
                 "client_queue": queue,
                 "max_browsers": 64,  # the latency run opens 50
-                "offline_after": 3,
                 "subscribe": {"topics": [], "connect": [f"tcp://127.0.0.1:{feed}"]},
-                "commands": {"topic": "light-set", "connect": f"tcp://127.0.0.1:{free_port()}"},
-            }
+                "commands": {"topic": "light-set", "connect": f"tcp://127.0.0.1:{commands}"},
+            },
         },
     }
     path = directory / "bench.yml"
