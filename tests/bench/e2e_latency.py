@@ -7,7 +7,7 @@ Light switch -> coffee maker and toaster -> mirror: two hops, one container per 
           toggling every PERIOD s); a probe container on the stack's network subscribes to the light and to
           the mirror's published view. Latency of a toggle: the `ts` of the first mirror view showing every
           appliance in the toggle's state, minus the `ts` of the light's message.
-  ours, health every 1 s  the same with Docker's healthcheck every 1 s instead of 10 s (what the checks cost)
+  ours, health every 1 s  the same with Docker's healthcheck every 1 s instead of 30 s (what the checks cost)
   ours, logs at WARNING   the same, without the INFO log line each service writes per message (what logging costs)
   raw     the same two hops in raw pyzmq (tests/bench/e2e_roles.py) in the same image: each appliance
           forwards at once, the mirror publishes when both answered. Broker wiring: through zmq.proxy.
@@ -217,7 +217,7 @@ def report(top: str, pooled: dict[tuple[str, str], dict], options: argparse.Name
         )
         + "\nGoal: p99 < 2 ms direct, < 3 ms broker. Ours includes what the real services do per message: "
         "decode and validate, CurveZMQ, log lines at INFO (Docker's json-file log driver), the mirror's view, "
-        "and Docker's healthchecks (each a `docker exec`, every 10 s as shipped).\n"
+        "and Docker's healthchecks (each a `docker exec`, every 30 s as shipped).\n"
     )
     write("e2e_latency", text)
     groups = [f"{wiring} {path}" for wiring, path in CASES]

@@ -57,7 +57,7 @@ BENCHMARKS = [
         "Images built, prep times 0, median of 3 runs; the baseline is an idle `python` container from the same "
         "image. Up to ready: `docker compose up --detach` until the mirror shows both appliances ready. Idle CPU "
         "is the whole machine's over 20 s: each healthcheck is a `docker exec`, whose cost lands in the engine, "
-        "not in the container, hence the shipped 10 s interval. Each service imports only its own entrypoint: "
+        "not in the container, hence the shipped 30 s interval. Each service imports only its own entrypoint: "
         "the web forwarder's aiohttp would add ~18 MiB to every appliance.",
     ),
     ("websocket", ["websocket.py"], False, "The real forwarder process, a publisher and aiohttp clients on loopback."),
