@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 import zmq
+import zmq.auth
 
 # The repo's services/ when run from a checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "services"))
@@ -67,8 +68,13 @@ class Home:
     def __init__(self) -> None:
         self.context = zmq.Context()
         self.commands = self.context.socket(zmq.XPUB)
-        self.commands.connect(COMMANDS)
         self.views = self.context.socket(zmq.SUB)
+        # CurveZMQ like the host tools: their key, and the broker's pinned (keys/, which the stack's secrets come from)
+        public, secret = zmq.auth.load_certificate(ROOT / "keys" / "tools.key_secret")
+        broker = zmq.auth.load_certificate(ROOT / "keys" / "broker.key")[0]
+        for sock in (self.commands, self.views):
+            sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, broker
+        self.commands.connect(COMMANDS)
         self.views.subscribe("mirror")
         self.views.connect(VIEWS)
         self.view: dict[str, str] = {}
