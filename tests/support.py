@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -117,10 +118,26 @@ def listener(context: zmq.Context, config: Path, service: str, *topics: bytes) -
     return sub
 
 
+_handed_out: set[int] = set()  # ports given to a test already: a service may not have bound them yet
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 now, never handed out before in this run, and below the kernel's ephemeral
+    range: a port from that range (what binding port 0 gives) can be taken by any outgoing connection's source
+    port between this check and the service's own bind."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    below = ephemeral_low if ephemeral_low > 21_000 else 30_000  # a range starting low: the least busy part
+    while True:
+        port = random.randrange(20_000, below)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 def loopback_config(tmp_path: Path, source: Path = SHIPPED_CONFIG, **changes: Any) -> Path:
