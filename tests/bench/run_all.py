@@ -77,7 +77,7 @@ TITLES = {  # of the results of scripts that only print
 }
 INTRO = """\
 Benchmarks are scripts in `tests/bench/`, one command each; `.venv/bin/python tests/bench/run_all.py` runs
-them all (about 25 minutes; Docker, `apt-get install mosquitto` and `pip install -e '.[bench]'` first) and
+them all (about 35 minutes; Docker, `apt-get install mosquitto` and `pip install -e '.[bench]'` first) and
 rewrites this section from `tests/bench/results/`, where each leaves its figures as Markdown and PNG. Nothing
 in them is asserted. The machine they ran on is shared with other work, so absolute figures are noisy: the
 1-minute load average stands beside each figure, and what carries over to another machine is the **ratio to
