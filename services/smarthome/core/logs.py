@@ -103,15 +103,9 @@ class HeldLines(logging.Handler):
 
     def flush(self) -> None:
         records, self.records = self.records, []
-        for target in self.targets:
-            wanted = [record for record in records if record.levelno >= target.level and target.filter(record)]
-            if wanted and isinstance(target, logging.StreamHandler):  # the lot in one write: one wakeup of the
-                text = "".join(target.format(record) + target.terminator for record in wanted)  # log reader
-                with target.lock:  # type: ignore[union-attr]  # set by Handler.__init__
-                    target.stream.write(text)
-                    target.flush()
-            else:
-                for record in wanted:
+        for record in records:
+            for target in self.targets:
+                if record.levelno >= target.level:
                     target.handle(record)
 
 

@@ -140,8 +140,10 @@ class Loop:
 
     def _poll_timeout_ms(self, lines_held: bool) -> int:
         """Until the next timer (there is always one: the health touch), or LINES_AFTER_IDLE with lines held."""
-        until_timer = self._timers[0][0] - time.monotonic()
-        return max(0, int(min(until_timer, LINES_AFTER_IDLE if lines_held else until_timer) * 1000) + 1)
+        wait = self._timers[0][0] - time.monotonic()
+        if lines_held:
+            wait = min(wait, LINES_AFTER_IDLE)
+        return max(0, int(wait * 1000) + 1)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
