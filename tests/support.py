@@ -53,7 +53,7 @@ ALL_IDLE = "MIRROR coffee=idle toast=idle"
 SMARTHOME = str(Path(sys.executable).with_name("smarthome"))  # the command `pip install` made, next to python
 HEALTHCHECK_INTERVAL = "SMARTHOME_HEALTHCHECK_INTERVAL"
 # The Docker tier waits on health (`up --wait`, restarts, swarm updates): its stacks are checked every second,
-# not every 10 s as shipped (there, each check's cost in the engine matters more than a quick first one).
+# not every 30 s as compose ships it (there, each check's cost in the engine matters more than a quick first one).
 os.environ.setdefault(HEALTHCHECK_INTERVAL, "1s")
 
 

@@ -30,12 +30,14 @@ from pathlib import Path
 
 import yaml
 import zmq
-import zmq.auth
 
 # The repo's services/ when run from a checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "services"))
 
 from smarthome.core.envelope import Message, decode, encode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support import with_key
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -69,11 +71,8 @@ class Home:
         self.context = zmq.Context()
         self.commands = self.context.socket(zmq.XPUB)
         self.views = self.context.socket(zmq.SUB)
-        # CurveZMQ like the host tools: their key, and the broker's pinned (keys/, which the stack's secrets come from)
-        public, secret = zmq.auth.load_certificate(ROOT / "keys" / "tools.key_secret")
-        broker = zmq.auth.load_certificate(ROOT / "keys" / "broker.key")[0]
-        for sock in (self.commands, self.views):
-            sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, broker
+        for sock in (self.commands, self.views):  # the host tools' key (keys/, where the stack's secrets come from)
+            with_key(sock, ROOT / "config" / "smarthome.broker.yml", server="broker")
         self.commands.connect(COMMANDS)
         self.views.subscribe("mirror")
         self.views.connect(VIEWS)
