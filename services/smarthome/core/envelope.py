@@ -11,6 +11,7 @@ Frame 2 is JSON: {"sender", "boot", "seq", "ts", "body"}
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from typing import Annotated, Any, Literal
@@ -81,13 +82,25 @@ def encode(message: Message) -> list[bytes]:
     return [message.topic.encode(), _encoder.encode(payload)]
 
 
+@functools.lru_cache(maxsize=1024)
+def _topic(frame: bytes) -> str | None:
+    """Frame 1 as a topic name, or None if it is not one (cached: a service hears few topics, over and over)."""
+    topic = frame.decode(errors="replace")
+    return topic if TOPIC.match(topic) else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_sender(sender: str) -> bool:
+    return SENDER.match(sender) is not None
+
+
 def decode(frames: list[bytes]) -> Message:
     """The Message in `frames`, or EnvelopeError saying what is wrong with them."""
     if len(frames) != 2:
         raise EnvelopeError(f"expected 2 frames [topic, json], got {len(frames)}")
-    topic = frames[0].decode(errors="replace")
-    if not TOPIC.match(topic):
-        raise EnvelopeError(f"not a topic name: {topic[:80]!r}")
+    topic = _topic(frames[0])
+    if topic is None:
+        raise EnvelopeError(f"not a topic name: {frames[0].decode(errors='replace')[:80]!r}")
     try:
         j = _decoder.decode(frames[1])
     except msgspec.ValidationError as exc:
@@ -97,7 +110,7 @@ def decode(frames: list[bytes]) -> Message:
         raise EnvelopeError(f"topic '{topic}': not valid JSON ({exc})") from None
     except RecursionError:
         raise EnvelopeError(f"topic '{topic}': JSON nested too deeply") from None
-    if not SENDER.match(j.sender):
+    if not _is_sender(j.sender):
         raise EnvelopeError(f"topic '{topic}': sender {j.sender[:80]!r} is not service@instance")
     if not _shallow(j.body):
         raise EnvelopeError(f"topic '{topic}': body nested deeper than {MAX_BODY_DEPTH}")
@@ -108,6 +121,11 @@ def decode(frames: list[bytes]) -> Message:
 
 def _shallow(body: dict[str, Any]) -> bool:
     """Whether no container in `body` is nested deeper than MAX_BODY_DEPTH (iterative: no recursion to exhaust)."""
+    for value in body.values():
+        if isinstance(value, dict | list):
+            break
+    else:
+        return True  # flat, like nearly every body: no walk
     pending: list[tuple[Any, int]] = [(body, 1)]
     while pending:
         node, depth = pending.pop()

@@ -26,6 +26,7 @@ from smarthome.core.logs import held_lines
 from smarthome.core.messaging import Body, Inbox, Outbox, Subscription, send_frames
 from smarthome.core.sockets import Handler, Sockets, guarded
 
+_NOBLOCK, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
 DRAIN_LIMIT = 1000  # messages read from one socket per wakeup, so no socket starves the others
 # Log lines are written once the loop has heard nothing for LINES_AFTER_IDLE (the routine's next hops, in other
 # processes on the same cores, are done by then: writing, and the log driver it wakes, no longer competes with
@@ -68,17 +69,24 @@ class Loop:
         cannot starve the others or the timers.
         """
         handle = guarded(self.me.label, handler)
+        recv, get = sock.recv, sock.get  # the Cython methods: pyzmq's recv_multipart costs more than the receive
 
         def drain() -> None:
             for _ in range(DRAIN_LIMIT):
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=not peer)
+                    frame = recv(_NOBLOCK, copy=False)  # a Frame tells if more parts follow without a getsockopt
                 except zmq.Again:
                     return
+                first, frames = frame, [frame.bytes]
+                while frame.more:
+                    frame = recv(_NOBLOCK, copy=False)
+                    frames.append(frame.bytes)
                 if peer:
-                    handle([frame.bytes for frame in frames], frames[0].get("User-Id"))
+                    handle(frames, first.get("User-Id"))
                 else:
                     handle(frames)
+                if not get(_EVENTS) & _POLLIN:  # the queue is empty: stop without raising zmq.Again
+                    return
 
         self.poller.register(sock, zmq.POLLIN)
         self._readers[sock] = drain
@@ -164,7 +172,7 @@ class Loop:
         try:
             with held_lines() as lines:  # written when the loop is idle: never on a message's path
                 while not self._stopping:
-                    ready = self.poller.poll(self._poll_timeout_ms(bool(lines.records)))
+                    ready = self.poller.poll(self._poll_timeout_ms(bool(lines.calls)))
                     for sock, _ in ready:
                         if self._stopping:
                             break
