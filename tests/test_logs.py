@@ -2,6 +2,7 @@
 
 import io
 import logging
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -47,3 +48,22 @@ def test_errors_are_written_at_once_after_what_was_held() -> None:
         log.info("routine")
         log.error("broken")
         assert [line.split()[-1] for line in out.getvalue().splitlines()] == ["routine", "broken"]
+
+
+def test_a_held_line_carries_the_time_of_its_call_and_exceptions_are_not_held() -> None:
+    log, out = stream_logger()
+    created: list[float] = []
+    logging.getLogger().handlers[0].addFilter(lambda record: created.append(record.created) or True)
+    with held_lines() as lines:
+        before = time.time()
+        log.info("routine")
+        after = time.time()
+        while time.time() == after:  # the flush comes strictly later than the call
+            pass
+        lines.flush()
+        assert before <= created[0] <= after
+        try:
+            raise ValueError("bad")
+        except ValueError:
+            log.exception("failed")
+        assert out.getvalue().splitlines()[-1].endswith("failed: ValueError: bad")
