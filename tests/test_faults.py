@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 import zmq
+from smarthome.core import messaging
 from smarthome.core.envelope import Message, encode
-from smarthome.core.messaging import Inbox
+from smarthome.core.messaging import Inbox, Liveness
 from support import ALL_READY, BROKER_CONFIG, ServiceProcess, listener, loopback_config, wait_until
 
 Start = Callable[..., ServiceProcess]
@@ -122,3 +123,17 @@ def test_what_a_forgotten_sender_sent_meanwhile_is_counted_and_its_state_taken_a
     assert inbox.missed == {"light-switch@h": 2}  # counted from where it was (the count is per appearance)
     assert inbox.accept(frames("light", 5, {"state": "OFF"}))  # the state re-sent: we hold none since we forgot
     assert not inbox.accept(frames("light", 5, {"state": "OFF"}))  # ... and once we hold it, a copy is no news
+
+
+def test_liveness_forgets_the_least_recently_heard_first_and_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(messaging, "MAX_SENDERS", 2)
+    liveness = Liveness(gone_after=-1)  # everyone heard is overdue at the next check
+    assert liveness.hear("a") is None and liveness.hear("b") is None
+    assert liveness.hear("a") is None  # heard again: now the most recent
+    assert liveness.hear("c") == "b"  # over the bound: the least recently heard goes
+    liveness.drop("c")
+    assert liveness.hear("c") is None  # back after a drop: counted anew, still within the bound
+    assert liveness.hear("c") is None
+    assert liveness.hear("d") == "a"
+    assert liveness.gone() == ["c", "d"]
+    assert liveness.hear("d") is None and "d" in liveness  # heard again after it went: tracked again

@@ -95,6 +95,7 @@ class Liveness:
     def __init__(self, gone_after: float) -> None:
         self.gone_after = gone_after
         self._heard: OrderedDict[str, float] = OrderedDict()
+        self._latest: str | None = None  # the sender heard last
 
     def __contains__(self, sender: str) -> bool:
         return sender in self._heard
@@ -102,11 +103,16 @@ class Liveness:
     def hear(self, sender: str) -> str | None:
         """`sender` is alive now; the sender forgotten to keep the bound, if one had to be."""
         self._heard[sender] = time.monotonic()
+        if sender == self._latest:  # most messages come from whoever sent the last: it is last in order already
+            return None
+        self._latest = sender
         self._heard.move_to_end(sender)
         return self._heard.popitem(last=False)[0] if len(self._heard) > MAX_SENDERS else None
 
     def drop(self, sender: str) -> None:
         self._heard.pop(sender, None)
+        if sender == self._latest:
+            self._latest = None
 
     def gone(self) -> list[str]:
         """The senders not heard for `gone_after` seconds, no longer tracked."""
@@ -114,6 +120,8 @@ class Liveness:
         gone = []
         while self._heard and next(iter(self._heard.values())) < deadline:  # least recently heard first
             gone.append(self._heard.popitem(last=False)[0])
+        if self._latest in gone:
+            self._latest = None
         return gone
 
 

@@ -158,13 +158,9 @@ class Sockets:
             if self.keys:
                 self.watch(sock, deliver, peer=True)
             else:
-                self.watch(sock, functools.partial(_from, deliver, None))
+                self.watch(sock, functools.partial(deliver, peer=None))
             return
         for endpoint in spec.connect:
             sock = self.make(zmq.SUB, connect=[endpoint], topics=topics)
             inbox.socks.append(sock)
-            self.watch(sock, functools.partial(_from, deliver, self.me.config.binder_of(endpoint)))
-
-
-def _from(deliver: Callable[[list[bytes], str | None], None], server: str | None, frames: list[bytes]) -> None:
-    deliver(frames, server)
+            self.watch(sock, functools.partial(deliver, peer=self.me.config.binder_of(endpoint)))
