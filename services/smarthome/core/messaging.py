@@ -194,7 +194,8 @@ class Inbox:
         if self.policy and (refused := self.policy.refuses(peer or "?", message.sender, message.topic)):
             warnings.warn("%s dropped a message on '%s': %s", self.label, message.topic, refused)
             return None
-        self._revive(message.sender)
+        if self.tombstones:
+            self._revive(message.sender)
         if message.topic == HEARTBEAT_TOPIC:
             return self._heartbeat(message)
         if self.wanted and message.topic not in self.wanted:  # subscriptions match prefixes: 'light' ~ 'lightning'
@@ -212,9 +213,10 @@ class Inbox:
             return None
         self._hear(message.sender)
         if stream is None or message.boot > stream.boot:  # a new sender, or a restarted one: its seq starts afresh
-            self.streams[message.sender][message.topic] = Stream(message.boot, message.seq)
+            self.streams.setdefault(message.sender, {})[message.topic] = Stream(message.boot, message.seq)
         else:
-            self._count(message.sender, message.seq - stream.counted - 1)
+            if message.seq > stream.counted + 1:
+                self._count(message.sender, message.seq - stream.counted - 1)
             stream.seq = stream.counted = message.seq
         return message, body
 
@@ -226,7 +228,7 @@ class Inbox:
         if self.wanted and topic not in self.wanted and HEARTBEAT_TOPIC not in self.wanted:
             return None
         self._hear(message.sender)
-        stream = self.streams[message.sender].get(topic)
+        stream = self.streams.get(message.sender, {}).get(topic)
         if stream and message.boot == stream.boot and message.seq > stream.counted:
             self._count(message.sender, message.seq - stream.counted)
             stream.counted = message.seq
@@ -260,7 +262,6 @@ class Inbox:
             self.streams[sender] = {topic: Stream.resumed(stream) for topic, stream in earlier.items()}
 
     def _hear(self, sender: str) -> None:
-        self.streams.setdefault(sender, {})
         if evicted := self.liveness.hear(sender):
             self._forget(evicted)
 

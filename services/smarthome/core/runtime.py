@@ -24,7 +24,7 @@ from smarthome.core.envelope import HEARTBEAT_TOPIC, Message
 from smarthome.core.identity import HEALTH_TOUCH_EVERY, Identity
 from smarthome.core.logs import held_lines
 from smarthome.core.messaging import Body, Inbox, Outbox, Subscription, send_frames
-from smarthome.core.sockets import Handler, Sockets, guarded
+from smarthome.core.sockets import Handler, Sockets, dropped
 
 _NOBLOCK, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
 DRAIN_LIMIT = 1000  # messages read from one socket per wakeup, so no socket starves the others
@@ -70,7 +70,7 @@ class Loop:
         raised zmq.Again took ~40 us, a ZMQ_EVENTS read ~5 us), so a wakeup's first message is followed by
         a ZMQ_EVENTS read, a burst ends with zmq.Again (one per burst, cheaper than a read per message).
         """
-        handle = guarded(self.me.label, handler)
+        label = self.me.label
         recv, get = sock.recv, sock.get  # the Cython methods: pyzmq's recv_multipart costs more than the receive
 
         def drain() -> None:
@@ -83,10 +83,13 @@ class Loop:
                 while frame.more:
                     frame = recv(_NOBLOCK, copy=False)
                     frames.append(frame.bytes)
-                if peer:
-                    handle(frames, first.get("User-Id"))
-                else:
-                    handle(frames)
+                try:  # guarded, as in sockets.guarded: no input can stop a service
+                    if peer:
+                        handler(frames, first.get("User-Id"))
+                    else:
+                        handler(frames)
+                except Exception as exc:
+                    dropped(label, exc)
                 if count == 0 and not get(_EVENTS) & _POLLIN:  # the usual wakeup, one message: end it unraised
                     return
 

@@ -41,10 +41,15 @@ def guarded(label: str, handler: Handler) -> Handler:
     def guarded_handler(*message: object) -> None:
         try:
             handler(*message)
-        except Exception as exc:  # the one place that catches everything: the reason is logged, never lost
-            warnings.warn("%s dropped a message it could not handle: %s: %s", label, type(exc).__name__, exc)
+        except Exception as exc:  # what catches everything: the reason is logged, never lost
+            dropped(label, exc)
 
     return guarded_handler
+
+
+def dropped(label: str, error: Exception) -> None:
+    """One (rate-limited) warning for a message whose handler raised `error`."""
+    warnings.warn("%s dropped a message it could not handle: %s: %s", label, type(error).__name__, error)
 
 
 class ConnectionLog:
