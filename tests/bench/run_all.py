@@ -1,6 +1,6 @@
 """Run every benchmark, then rebuild the README's "Measured" section from tests/bench/results/.
 
-    .venv/bin/python tests/bench/run_all.py                 # all of them (~25 min; needs Docker and Mosquitto)
+    .venv/bin/python tests/bench/run_all.py                 # all of them (~35 min; needs Docker and Mosquitto)
     .venv/bin/python tests/bench/run_all.py --readme-only   # only rewrite the README from the results there
     .venv/bin/python tests/bench/run_all.py --only websocket  # one of them (a results name), then the README
 
@@ -59,6 +59,14 @@ BENCHMARKS = [
         "is the whole machine's over 20 s: each healthcheck is a `docker exec`, whose cost lands in the engine, "
         "not in the container, hence the shipped 30 s interval. Each service imports only its own entrypoint: "
         "the web forwarder's aiohttp would add ~18 MiB to every appliance.",
+    ),
+    (
+        "hop_cost",
+        ["hop_cost.py"],
+        True,
+        "Where a hop's time goes in Python, in one process on loopback: a subscriber's work per message once "
+        "warm, against a raw SUB reading the same queued messages; and single operations run first thing after "
+        "a 50 ms sleep, as a service's work for a message is, against the same operation run again at once.",
     ),
     ("websocket", ["websocket.py"], False, "The real forwarder process, a publisher and aiohttp clients on loopback."),
     (
