@@ -201,7 +201,7 @@ class Inbox:
         if self.wanted and message.topic not in self.wanted:  # subscriptions match prefixes: 'light' ~ 'lightning'
             return None
         stream = self.streams.get(message.sender, {}).get(message.topic)
-        if stream and message.order <= (stream.boot, stream.seq):
+        if stream and (message.boot, message.seq) <= (stream.boot, stream.seq):  # a later boot wins, then seq
             self._hear(message.sender)  # a re-sent last value we already have: nothing new, but a sign of life
             return None
         try:
