@@ -94,7 +94,6 @@ def main(me: Identity, spec: BrokerConfig) -> int:
                 if topic.startswith(subscription.prefix):
                     send_frames(to_subscribers, last)
 
-    # Copying small messages into bytes is cheaper than zero-copy Frames, which pay only above ~64 kB.
     loop.on_message(from_publishers, forward, peer=loop.sockets.policy is not None)
     loop.on_message(to_subscribers, on_subscription)
     loop.every(me.config.heartbeat_interval, expire)
