@@ -95,7 +95,6 @@ class Liveness:
     def __init__(self, gone_after: float) -> None:
         self.gone_after = gone_after
         self._heard: OrderedDict[str, float] = OrderedDict()
-        self._latest: str | None = None  # the sender heard last
 
     def __contains__(self, sender: str) -> bool:
         return sender in self._heard
@@ -103,16 +102,11 @@ class Liveness:
     def hear(self, sender: str) -> str | None:
         """`sender` is alive now; the sender forgotten to keep the bound, if one had to be."""
         self._heard[sender] = time.monotonic()
-        if sender == self._latest:  # most messages come from whoever sent the last: it is last in order already
-            return None
-        self._latest = sender
         self._heard.move_to_end(sender)
         return self._heard.popitem(last=False)[0] if len(self._heard) > MAX_SENDERS else None
 
     def drop(self, sender: str) -> None:
         self._heard.pop(sender, None)
-        if sender == self._latest:
-            self._latest = None
 
     def gone(self) -> list[str]:
         """The senders not heard for `gone_after` seconds, no longer tracked."""
@@ -120,8 +114,6 @@ class Liveness:
         gone = []
         while self._heard and next(iter(self._heard.values())) < deadline:  # least recently heard first
             gone.append(self._heard.popitem(last=False)[0])
-        if self._latest in gone:
-            self._latest = None
         return gone
 
 
@@ -215,7 +207,7 @@ class Inbox:
         if stream is None or message.boot > stream.boot:  # a new sender, or a restarted one: its seq starts afresh
             self.streams.setdefault(message.sender, {})[message.topic] = Stream(message.boot, message.seq)
         else:
-            if message.seq > stream.counted + 1:
+            if message.seq > stream.counted + 1:  # a gap: what came between is missed
                 self._count(message.sender, message.seq - stream.counted - 1)
             stream.seq = stream.counted = message.seq
         return message, body
@@ -266,10 +258,10 @@ class Inbox:
             self._forget(evicted)
 
     def _count(self, sender: str, missed: int) -> None:
-        if missed > 0:
-            self.gaps += 1
-            self.missed[sender] = self.missed.get(sender, 0) + missed
-            log.warning("%s missed %d messages from %s", self.label, missed, sender)
+        """A gap of `missed` (> 0) messages from `sender`: counted, and one log line."""
+        self.gaps += 1
+        self.missed[sender] = self.missed.get(sender, 0) + missed
+        log.warning("%s missed %d messages from %s", self.label, missed, sender)
 
     def _forget(self, sender: str) -> None:
         self.liveness.drop(sender)
