@@ -139,7 +139,7 @@ def test_malformed_messages_are_logged_and_dropped_and_the_mirror_keeps_going(
     for frames in (
         [b"coffee"],
         [b"coffee", b"not json"],
-        [b"coffee", json.dumps({"sender": "x", "boot": 1, "ts": 0, "body": {}}).encode()],
+        [b"coffee", json.dumps({"sender": "x", "boot": 1, "ts": 0, "body": {"status": True}}).encode()],
         [good[0], good[1].replace(b"true", b'"yes"')],
     ):
         fake_coffee_maker.send(frames)
@@ -165,10 +165,13 @@ def test_duplicates_stale_messages_and_prefix_matches_are_ignored(
     fake_coffee_maker.send(first)  # a re-sent last value
     fake_coffee_maker.send(fake_coffee_maker.status(True, seq=4))  # older than what the mirror has
     fake_coffee_maker.send(fake_coffee_maker.status(True, topic="coffeecup", seq=6))  # matches the prefix 'coffee'
+    # Another topic's body need not fit ours: not ours, so not malformed either.
+    fake_coffee_maker.send(encode(Message("coffeecup", "cup@test", 1, 1, time.time(), {"cups": 2})))
     fake_coffee_maker.send(fake_coffee_maker.status(True, seq=7))
     mirror.wait_for('Topic: COFFEE MAKER => {"status": true}')
     topic_lines = [line.split("INFO    ")[1] for line in mirror.lines if "Topic:" in line]
     assert topic_lines == ['Topic: COFFEE MAKER => {"status": false}', 'Topic: COFFEE MAKER => {"status": true}']
+    assert not [line for line in mirror.lines if "malformed" in line]
 
 
 def test_a_subscriber_joining_late_gets_the_current_state_without_any_new_publish(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -30,14 +30,17 @@ MAX_BODY_DEPTH = 8  # our bodies are flat; a deeper one is an attack on whoever 
 MAX_CLOCK_SKEW_NS = 60 * 10**9  # a boot this far in the future would outrank the real sender's next boots
 
 
-class _Json(msgspec.Struct, frozen=True):
+Body = TypeVar("Body")
+
+
+class _Json(msgspec.Struct, Generic[Body], frozen=True):
     """Frame 2. Unknown fields are ignored, so newer senders can add fields without breaking older readers."""
 
     sender: Sender
     boot: Counter
     seq: Counter
     ts: Annotated[float, msgspec.Meta(ge=0, le=2**40)]  # finite: no NaN or infinity reaches a browser
-    body: dict[str, Any]
+    body: Body
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -46,7 +49,7 @@ class Message(msgspec.Struct, frozen=True):
     boot: int
     seq: int
     ts: float
-    body: dict[str, Any]
+    body: Any  # a JSON object as a dict, or the body type the reader asked for (see decode)
 
 
 class EnvelopeError(ValueError):
@@ -54,7 +57,12 @@ class EnvelopeError(ValueError):
 
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(_Json)
+
+
+@functools.cache
+def _decoder(body_type: type | None) -> msgspec.json.Decoder:
+    """Frame 2's decoder with the body as `body_type` (None: a dict), built once per type."""
+    return msgspec.json.Decoder(_Json[body_type or dict[str, Any]])
 
 
 class _SenderOnly(msgspec.Struct):
@@ -89,15 +97,26 @@ def _is_sender(sender: str) -> bool:
     return SENDER.match(sender) is not None
 
 
-def decode(frames: list[bytes]) -> Message:
-    """The Message in `frames`, or EnvelopeError saying what is wrong with them."""
+def topic_of(frames: list[bytes]) -> str | None:
+    """The topic `frames` carry, or None if they are not [topic, json] with a topic name (cheap: cached)."""
+    return _topic(frames[0]) if len(frames) == 2 else None
+
+
+def decode(frames: list[bytes], body_type: type[msgspec.Struct] | None = None) -> Message:
+    """The Message in `frames`, or EnvelopeError saying what is wrong with them.
+
+    With `body_type` the body is decoded straight into it (a heartbeat's stays a dict): only what the type
+    allows is ever built. Without, the body is a dict, refused if nested deeper than MAX_BODY_DEPTH.
+    """
     if len(frames) != 2:
         raise EnvelopeError(f"expected 2 frames [topic, json], got {len(frames)}")
     topic = _topic(frames[0])
     if topic is None:
         raise EnvelopeError(f"not a topic name: {frames[0].decode(errors='replace')[:80]!r}")
+    if topic == HEARTBEAT_TOPIC:
+        body_type = None
     try:
-        j = _decoder.decode(frames[1])
+        j = _decoder(body_type).decode(frames[1])
     except msgspec.ValidationError as exc:
         problem, key = explain(exc)
         raise EnvelopeError(f"topic '{topic}': {problem}" + (f" at '{key}'" if key else "")) from None
@@ -109,7 +128,7 @@ def decode(frames: list[bytes]) -> Message:
         raise EnvelopeError(f"topic '{topic}': sender {j.sender[:80]!r} is not service@instance")
     # Every JSON object or array has its own bracket (strings can only add more): with two, the envelope's and
     # the body's, the body is flat, as nearly every body is, and is not walked.
-    if frames[1].count(b"{") + frames[1].count(b"[") > 2 and not _shallow(j.body):
+    if body_type is None and frames[1].count(b"{") + frames[1].count(b"[") > 2 and not _shallow(j.body):
         raise EnvelopeError(f"topic '{topic}': body nested deeper than {MAX_BODY_DEPTH}")
     if j.boot > time.time_ns() + MAX_CLOCK_SKEW_NS:
         raise EnvelopeError(f"topic '{topic}': boot of {j.sender} is in the future")

@@ -12,10 +12,9 @@ from typing import Any, NamedTuple, TypeVar
 import msgspec
 import zmq
 
-from smarthome.core.envelope import HEARTBEAT_TOPIC, EnvelopeError, Message, decode, encode
+from smarthome.core.envelope import HEARTBEAT_TOPIC, EnvelopeError, Message, decode, encode, topic_of
 from smarthome.core.identity import Identity
 from smarthome.core.keys import Policy
-from smarthome.core.schema import explain
 from smarthome.core.sockets import warnings
 
 Body = TypeVar("Body", bound=msgspec.Struct)
@@ -179,9 +178,10 @@ class Inbox:
         """The message in `frames` and its body, if it is new and valid and `peer` (the User-Id it came with,
         or the server it came from) may send it."""
         try:
-            message = decode(frames)
+            message = decode(frames, self.body_type)
         except EnvelopeError as exc:
-            warnings.warn("%s dropped a malformed message: %s", self.label, exc)
+            if not self._unwanted(topic_of(frames)):  # another topic's body need not be ours
+                warnings.warn("%s dropped a malformed message: %s", self.label, exc)
             return None
         if self.policy and (refused := self.policy.refuses(peer or "?", message.sender, message.topic)):
             warnings.warn("%s dropped a message on '%s': %s", self.label, message.topic, refused)
@@ -190,18 +190,11 @@ class Inbox:
             self._revive(message.sender)
         if message.topic == HEARTBEAT_TOPIC:
             return self._heartbeat(message)
-        if self.wanted and message.topic not in self.wanted:  # subscriptions match prefixes: 'light' ~ 'lightning'
+        if self.wanted and message.topic not in self.wanted:  # as _unwanted, inline: every message passes here
             return None
         stream = self.streams.get(message.sender, {}).get(message.topic)
         if stream and (message.boot, message.seq) <= (stream.boot, stream.seq):  # a later boot wins, then seq
             self._hear(message.sender)  # a re-sent last value we already have: nothing new, but a sign of life
-            return None
-        try:
-            body = msgspec.convert(message.body, self.body_type) if self.body_type else None
-        except msgspec.ValidationError as exc:
-            problem, where = explain(exc)
-            where = f" at 'body.{where}'" if where else " in 'body'"
-            warnings.warn("%s dropped a malformed message: topic '%s': %s%s", self.label, message.topic, problem, where)
             return None
         self._hear(message.sender)
         if stream is None or message.boot > stream.boot:  # a new sender, or a restarted one: its seq starts afresh
@@ -210,7 +203,11 @@ class Inbox:
             if message.seq > stream.counted + 1:  # a gap: what came between is missed
                 self._count(message.sender, message.seq - stream.counted - 1)
             stream.seq = stream.counted = message.seq
-        return message, body
+        return message, message.body if self.body_type else None
+
+    def _unwanted(self, topic: str | None) -> bool:
+        """Whether `topic` is not ours though subscribed to: subscriptions match prefixes, 'light' ~ 'lightning'."""
+        return topic is not None and bool(self.wanted) and topic not in self.wanted and topic != HEARTBEAT_TOPIC
 
     def _heartbeat(self, message: Message) -> tuple[Message, None] | None:
         topic = message.body.get("for")

@@ -6,6 +6,8 @@ It also publishes its view (if configured), so the dashboard can show what the m
 import json
 import logging
 
+import msgspec
+
 from smarthome.core.config import MirrorConfig
 from smarthome.core.envelope import ApplianceStatus, Message, MirrorView
 from smarthome.core.identity import Identity
@@ -42,7 +44,7 @@ def main(me: Identity, spec: MirrorConfig) -> int:
                 publisher.publish(MirrorView(now))
 
     def on_status(message: Message, status: ApplianceStatus) -> None:
-        log.info("Topic: %s => %s", display[message.topic], json.dumps(message.body))
+        log.info("Topic: %s => %s", display[message.topic], json.dumps(msgspec.to_builtins(status)))
         view[message.topic, message.sender] = status.status
         show()
 
