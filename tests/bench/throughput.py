@@ -18,7 +18,8 @@ For every case, each repetition a fresh set of processes, cases and repetitions 
   drain     publishers send flat out for DRAIN_SECONDS; what the subscribers get per second, and the share
             of messages that arrived. ZeroMQ's PUB drops at its high-water mark; paho blocks (TCP back-pressure).
   lossless  the highest paced rate at which every message arrived (per-sender seq gaps) and subscribers kept
-            up: a geometric bisection between drain/2 and drain*1.5 (±~7%), PROBE_SECONDS per probe.
+            up: a geometric bisection between drain/2 and drain*1.5 (±~7%), PROBE_SECONDS per probe; a rate
+            passes if one of TRIES probes at it loses nothing.
   latency   publish (send time in the message) to the subscriber's handler, at min(LATENCY_RATE, half the
             lossless rate); p50/p99 pooled over the repetitions (>= 20,000 samples).
 Medians of --repeat (3). Writes tests/bench/results/throughput-1x1.md (or -4x4) and .png. Nothing is asserted.
@@ -52,6 +53,9 @@ from benchlib import ROOT, bar_chart, header, load, median, mosquitto_version, p
 WORKERS = str(Path(__file__).resolve().parent / "workers.py")
 DRAIN_SECONDS = 1.0
 PROBE_SECONDS = 0.6
+# A rate passes if one of TRIES probes loses nothing: on a shared machine one stall of another process can fail a
+# probe at any rate, and a single failed probe at drain/2 would halve the figure (seen: raw at 94k in one run).
+TRIES = 2
 STEPS = 4  # bisection steps between drain/2 and drain*1.5: 3 ** (1 / 2**4), ~7% apart (~4.4% below drain/2)
 LATENCY_RATE = 5000  # msg/s published, at most
 LATENCY_SAMPLES = 7000  # per repetition, so >= 20,000 over three
@@ -254,9 +258,12 @@ class Session:
         }
 
     def passes(self, rate: float) -> tuple[bool, float]:
-        got = self.probe(rate, PROBE_SECONDS)
-        lossless = got["received"] == got["expected"]
-        return lossless and got["rate"] >= KEEP_UP * rate * self.case.fan, got["rate"]
+        """Whether `rate` is delivered whole, in one of TRIES probes; and the rate the subscribers got."""
+        for _ in range(TRIES):
+            got = self.probe(rate, PROBE_SECONDS)
+            if got["received"] == got["expected"] and got["rate"] >= KEEP_UP * rate * self.case.fan:
+                return True, got["rate"]
+        return False, got["rate"]
 
     def measure(self) -> dict:
         drain = self.probe(0, DRAIN_SECONDS)
@@ -370,7 +377,7 @@ def report(top: str, fan: int, cases: list[Case], runs: dict[tuple[str, int], li
     text = (
         top + f"- method: {reps} repetitions per case, interleaved; medians; latency percentiles pooled over the "
         f"repetitions; drain: {DRAIN_SECONDS:g} s flat out; lossless: paced probes of {PROBE_SECONDS:g} s, "
-        f"{STEPS}-step geometric bisection\n\n"
+        f"{STEPS}-step geometric bisection, a rate passing if one of {TRIES} probes at it loses nothing\n\n"
         "**lossless** = the highest paced rate delivered with no message lost (per-sender seq gaps) while "
         "subscribers kept up; **drain** = what subscribers got per second while publishers sent flat out "
         "(an overload: ZeroMQ's PUB drops at its high-water mark, so **arrived** < 100%; paho's publisher blocks "
