@@ -67,7 +67,7 @@ class Loop:
 
         A wakeup reads until the socket is empty, but at most DRAIN_LIMIT messages, so one busy socket
         cannot starve the others or the timers. Right after a wakeup all code runs cold (tests/bench/hop_cost.py:
-        a raised zmq.Again ~94 us, a ZMQ_EVENTS read ~46), so a wakeup's first message is followed by a
+        a raised zmq.Again ~112 us, a ZMQ_EVENTS read ~65), so a wakeup's first message is followed by a
         ZMQ_EVENTS read; a burst ends with zmq.Again (one per burst, cheaper than a read per message).
         """
         label = self.me.label
