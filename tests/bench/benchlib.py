@@ -11,15 +11,35 @@ import datetime
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, deadline: float = 15.0) -> None:
+    """Poll until something accepts on 127.0.0.1:port."""
+    until = time.monotonic() + deadline
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if time.monotonic() > until:
+            sys.exit(f"nothing listens on 127.0.0.1:{port} after {deadline:.0f}s")
+        time.sleep(0.05)  # ok: the pause between polls of a deadline loop
 
 
 def load() -> float:

@@ -35,7 +35,6 @@ import os
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,20 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import ROOT, bar_chart, header, load, median, mosquitto_version, percentile, table, versions, write
+from benchlib import (
+    ROOT,
+    bar_chart,
+    free_port,
+    header,
+    load,
+    median,
+    mosquitto_version,
+    percentile,
+    table,
+    versions,
+    wait_for_port,
+    write,
+)
 
 WORKERS = str(Path(__file__).resolve().parent / "workers.py")
 DRAIN_SECONDS = 1.0
@@ -66,24 +78,6 @@ CASES = {
         "mosquitto q1 nodelay"],
     4: ["zmq.proxy", "broker", "mosquitto q0", "mosquitto q0 nodelay", "mosquitto q1", "mosquitto q1 nodelay"],
 }  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, deadline: float = 15.0) -> None:
-    """Poll until something accepts on 127.0.0.1:port."""
-    until = time.monotonic() + deadline
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        if time.monotonic() > until:
-            sys.exit(f"nothing listens on 127.0.0.1:{port} after {deadline:.0f}s")
-        time.sleep(0.05)  # ok: the pause between polls of a deadline loop
 
 
 class Brokers:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,17 +30,12 @@ import zmq.asyncio
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "services"))
 
+from benchlib import free_port, wait_for_port  # noqa: E402 (this directory: the benchmarks' shared code)
 from smarthome.core.envelope import Message, encode  # noqa: E402
 
 LATENCY_RATE = 200  # msg/s
 LATENCY_SECONDS = 5
 RATE_SECONDS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_forwarder(directory: Path, feed: int, http: int, queue: int) -> subprocess.Popen[bytes]:
@@ -209,6 +203,7 @@ async def main() -> None:
         url = f"http://127.0.0.1:{http_port}/ws"
         try:
             await asyncio.wait_for(feed.sock.recv(), 30)  # the forwarder subscribed
+            wait_for_port(http_port)  # and serves: it subscribes first, so a browser can miss nothing
             rows = [await measure_latency(feed, context, feed_port, url, n) for n in (1, 50)]
             rates = await sustained_rate(feed, url)
         finally:
