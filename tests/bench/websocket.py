@@ -36,6 +36,7 @@ from smarthome.core.envelope import Message, encode  # noqa: E402
 LATENCY_RATE = 200  # msg/s
 LATENCY_SECONDS = 5
 RATE_SECONDS = 3
+OPEN_WITHIN = 30  # seconds for every client to connect: a benchmark never waits without a bound
 
 
 def start_forwarder(directory: Path, feed: int, http: int, queue: int) -> subprocess.Popen[bytes]:
@@ -146,7 +147,7 @@ async def measure_latency(feed: Feed, context: zmq.asyncio.Context, port: int, u
             asyncio.create_task(browser_latencies(session, url, per_client[i], stop, opened[i])) for i in range(clients)
         ]
         tasks.append(asyncio.create_task(baseline_latencies(context, port, baseline, stop, opened[-1])))
-        await asyncio.gather(*(event.wait() for event in opened))
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in opened)), OPEN_WITHIN)
         await asyncio.sleep(0.5)  # ok: let the baseline SUB's subscription land before timing starts
         sent = await feed.run(LATENCY_RATE, LATENCY_SECONDS)
         await asyncio.sleep(0.5)  # ok: drain the tail
@@ -175,7 +176,7 @@ async def sustained_rate(feed: Feed, url: str, clients: int = 10) -> list[tuple[
             tasks = [
                 asyncio.create_task(browser_latencies(session, url, counts[i], stop, opened[i])) for i in range(clients)
             ]
-            await asyncio.gather(*(event.wait() for event in opened))
+            await asyncio.wait_for(asyncio.gather(*(event.wait() for event in opened)), OPEN_WITHIN)
             sent = await feed.run(rate, RATE_SECONDS)
             await asyncio.sleep(1)  # ok: drain the tail
             stop.set()
