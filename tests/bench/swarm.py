@@ -39,8 +39,9 @@ from smarthome.core.envelope import Message, decode, encode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from support import with_key
 
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import RESULTS, ROOT, docker_version, header
+
 COMMANDS = "tcp://127.0.0.1:5559"  # the broker's publisher port: our light commands go in here
 VIEWS = "tcp://127.0.0.1:5560"  # its subscriber port: the mirror's view comes out here
 DEADLINE = 180.0
@@ -216,6 +217,11 @@ def main() -> None:
     parser.add_argument("--scales", default="10,25,50", help="toaster replica counts, increasing")
     args = parser.parse_args()
     scales = [int(n) for n in args.scales.split(",")]
+    top = header(
+        "Docker Swarm: the broker stack on one and two nodes, against compose",
+        " ".join(["python tests/bench/swarm.py", *sys.argv[1:]]),
+        {"Docker Engine": docker_version()},
+    )
     with tempfile.TemporaryDirectory() as config_dir:
         zero_prep_config(Path(config_dir))
         env = {**os.environ, "SMARTHOME_CONFIG_DIR": config_dir}
@@ -233,7 +239,7 @@ def main() -> None:
     table = report(compose, runs)
     print(table)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "swarm.md").write_text(table)
+    (RESULTS / "swarm.md").write_text(top + "\n" + table)
     plot(runs)
 
 
