@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from smarthome.core.envelope import EnvelopeError, Message, decode, encode
+from smarthome.core.envelope import EnvelopeError, LightState, Message, decode, encode
 
 
 def test_round_trip() -> None:
@@ -16,6 +16,16 @@ def test_round_trip() -> None:
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
     frames = [b"light", b'{"sender":"s@h","boot":1,"seq":1,"ts":0,"body":{},"new":1}']
     assert decode(frames).seq == 1
+
+
+def test_a_typed_body_keeps_only_its_fields_and_a_heartbeat_stays_a_dict() -> None:
+    nested = b"[" * 20 + b"]" * 20  # deeper than a JSON-object body may nest: refused without a type
+    frames = [b"light", b'{"sender":"s@h","boot":1,"seq":1,"ts":0,"body":{"state":"ON","x":' + nested + b"}}"]
+    assert decode(frames, LightState).body == LightState("ON")
+    with pytest.raises(EnvelopeError, match="body nested deeper than 8"):
+        decode(frames)
+    heartbeat = [b"heartbeat", b'{"sender":"s@h","boot":1,"seq":1,"ts":0,"body":{"for":"light"}}']
+    assert decode(heartbeat, LightState).body == {"for": "light"}
 
 
 GOOD = b'{"sender":"s@h","boot":1,"seq":1,"ts":0.5,"body":{"state":"ON"}}'
