@@ -36,7 +36,7 @@ TOPICS = [b"light", b"light-set", b"coffee", b"toast", b"mirror", b"heartbeat"]
 
 def envelope_like(rng: random.Random) -> list[bytes]:
     """Near misses of a real message: each field wrong in one of the ways a peer could get it wrong."""
-    fields: dict[str, object] = {"sender": "x@y", "boot": 1, "seq": rng.randrange(1, 100), "ts": 1.0, "body": {}}
+    fields: dict[str, object] = {"sender": "x@y", "life": 1, "seq": rng.randrange(1, 100), "ts": 1.0, "body": {}}
     key = rng.choice([*fields, "extra"])
     fields[key] = rng.choice(
         [
@@ -62,7 +62,7 @@ def envelope_like(rng: random.Random) -> list[bytes]:
         fields.pop(rng.choice(list(fields)))
     text = json.dumps(fields).encode()
     if rng.random() < 0.1:
-        text = b'{"sender":"x@y","boot":1,"seq":1,"ts":1,"body":{"a":' + b"[" * 3000 + b"]" * 3000 + b"}}"
+        text = b'{"sender":"x@y","life":1,"seq":1,"ts":1,"body":{"a":' + b"[" * 3000 + b"]" * 3000 + b"}}"
     elif rng.random() < 0.1:
         text = text.replace(b'"x@y"', b'"\xff\xfe"')
     frames = [rng.choice(TOPICS), text]

@@ -112,7 +112,7 @@ def test_sub_json_heartbeats_and_a_timeout_without_a_count(tmp_path: Path, run_s
     assert (got.returncode, got.stderr) == (0, "")
     events = [json.loads(line) for line in got.stdout.splitlines()]  # one JSON object per line
     assert sorted(e["topic"] for e in events) == ["heartbeat", "heartbeat", "light"]
-    assert all(set(e) == {"topic", "sender", "boot", "seq", "ts", "body"} for e in events)
+    assert all(set(e) == {"topic", "sender", "life", "seq", "ts", "body"} for e in events)
     assert next(e["body"] for e in events if e["topic"] == "light") == {"state": "ON"}
 
     watched = smarthome(config, "sub", "heartbeat", "--timeout", "0.5")  # a time-boxed watch: exit 0
@@ -137,7 +137,7 @@ def test_sub_stops_quietly_when_its_reader_goes(tmp_path: Path, run_service: Sta
     reader = subprocess.Popen(
         [SMARTHOME, "sub"], env=smarthome_env(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    assert reader.stdout.readline().startswith("light light-switch@")
+    assert reader.stdout.readline().startswith("heartbeat light-switch@")  # the life first, then its state [P2]
     reader.stdout.close()
     assert reader.wait(15) == 0
     assert reader.stderr.read() == ""
@@ -353,6 +353,7 @@ def test_the_shipped_json_schema_is_current_and_the_configs_point_at_it() -> Non
         "heartbeat_interval",
         "offline_after",
         "zmtp",
+        "topics",
         "services",
     }
     for config in (SHIPPED_CONFIG, BROKER_CONFIG):

@@ -67,10 +67,31 @@ BROKEN = {
         "needs exactly one of 'bind' or 'connect'",
     ),
     "unpublished topic": (
+        ("topics: [coffee, toast]", "  toast: state\n"),
+        ("topics: [coffee, radio]", "  toast: state\n  radio: state\n"),
+        "services.smart-mirror.subscribe.topics[1]",
+        "topic 'radio' is published by no service",
+    ),
+    # docs/protocol.md, K1 and K6: every topic declared with its kind; commands travel only as commands.
+    "undeclared topic": (
         "topics: [coffee, toast]",
         "topics: [coffee, toats]",
         "services.smart-mirror.subscribe.topics[1]",
-        "topic 'toats' is published by no service",
+        "topic 'toats' is not declared under 'topics'",
+    ),
+    "unknown kind": ("  toast: state", "  toast: news", "topics.toast", "invalid enum value 'news'"),
+    "heartbeat declared": ("  toast: state", "  toast: state\n  heartbeat: event", "topics.heartbeat", "reserved"),
+    "command published as state": (
+        "  light: state",
+        "  light: command",
+        "services.light-switch.publish.topic",
+        "'light' is a command topic: only 'commands' sockets carry commands",
+    ),
+    "state carried by commands": (
+        "  light-set: command",
+        "  light-set: state",
+        "services.light-switch.commands.topics[0]",
+        "'light-set' is a state topic: 'commands' carry command topics",
     ),
     "top-level type": (
         "max_message_bytes: 65536",
@@ -130,11 +151,14 @@ BROKEN = {
 }
 
 
-def broken_config(tmp_path: Path, old: str, new: str) -> Path:
+def broken_config(tmp_path: Path, old: str | tuple[str, ...], new: str | tuple[str, ...]) -> Path:
+    """The shipped config with `old` (or each of several) replaced by `new` (or each of several)."""
     text = SHIPPED_CONFIG.read_text()
-    assert old in text, f"test setup: {old!r} not in the shipped config"
+    for before, after in zip(*((old,), (new,)) if isinstance(old, str) else (old, new), strict=True):
+        assert before in text, f"test setup: {before!r} not in the shipped config"
+        text = text.replace(before, after, 1)
     path = tmp_path / "broken.yml"
-    path.write_text(text.replace(old, new, 1))
+    path.write_text(text)
     return path
 
 

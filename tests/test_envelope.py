@@ -7,70 +7,74 @@ from smarthome.core.envelope import EnvelopeError, LightState, Message, decode, 
 
 
 def test_round_trip() -> None:
-    message = Message("coffee", "coffee-maker@host", 1732680000000000000, 7, 1732680000.25, {"status": True})
+    message = Message("coffee", "coffee-maker@host", 2**53 - 1, 7, 1732680000.25, {"status": True})
     frames = encode(message)
     assert frames[0] == b"coffee"
     assert decode(frames) == message
 
 
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
-    frames = [b"light", b'{"sender":"s@h","boot":1,"seq":1,"ts":0,"body":{},"new":1}']
+    frames = [b"light", b'{"sender":"s@h","life":1,"seq":1,"ts":0,"body":{},"new":1}']
     assert decode(frames).seq == 1
 
 
 def test_a_typed_body_keeps_only_its_fields_and_a_heartbeat_stays_a_dict() -> None:
     nested = b"[" * 20 + b"]" * 20  # deeper than a JSON-object body may nest: refused without a type
-    frames = [b"light", b'{"sender":"s@h","boot":1,"seq":1,"ts":0,"body":{"state":"ON","x":' + nested + b"}}"]
+    frames = [b"light", b'{"sender":"s@h","life":1,"seq":1,"ts":0,"body":{"state":"ON","x":' + nested + b"}}"]
     assert decode(frames, LightState).body == LightState("ON")
     with pytest.raises(EnvelopeError, match="body nested deeper than 8"):
         decode(frames)
-    heartbeat = [b"heartbeat", b'{"sender":"s@h","boot":1,"seq":1,"ts":0,"body":{"for":"light"}}']
+    heartbeat = [b"heartbeat", b'{"sender":"s@h","life":1,"seq":1,"ts":0,"body":{"for":"light"}}']
     assert decode(heartbeat, LightState).body == {"for": "light"}
 
 
-GOOD = b'{"sender":"s@h","boot":1,"seq":1,"ts":0.5,"body":{"state":"ON"}}'
+GOOD = b'{"sender":"s@h","life":1,"seq":1,"ts":0.5,"body":{"state":"ON"}}'
 REJECTED = {
     "one frame": ([b"light"], "expected 2 frames [topic, json], got 1"),
     "three frames": ([b"light", GOOD, b"x"], "expected 2 frames [topic, json], got 3"),
     "topic not UTF-8": ([b"\xff", GOOD], "not a topic name: '\ufffd'"),
     "topic with a newline": ([b"light\nINFO forged", GOOD], "not a topic name: 'light\\nINFO forged'"),
     "sender not service@instance": (
-        [b"light", b'{"sender":"x\\u001b[2J","boot":1,"seq":1,"ts":0,"body":{}}'],
+        [b"light", b'{"sender":"x\\u001b[2J","life":1,"seq":1,"ts":0,"body":{}}'],
         "topic 'light': sender 'x\\x1b[2J' is not service@instance",
     ),
     "JSON nested too deeply": (  # msgspec raises RecursionError here, not a DecodeError
-        [b"light", b'{"sender":"s@h","boot":1,"seq":1,"ts":0,"body":{"a":' + b"[" * 5000 + b"]" * 5000 + b"}}"],
+        [b"light", b'{"sender":"s@h","life":1,"seq":1,"ts":0,"body":{"a":' + b"[" * 5000 + b"]" * 5000 + b"}}"],
         "topic 'light': JSON nested too deeply",
     ),
     "body nested too deeply": (
-        [b"light", b'{"sender":"s@h","boot":1,"seq":1,"ts":0,"body":{"a":' + b"[" * 20 + b"]" * 20 + b"}}"],
+        [b"light", b'{"sender":"s@h","life":1,"seq":1,"ts":0,"body":{"a":' + b"[" * 20 + b"]" * 20 + b"}}"],
         "topic 'light': body nested deeper than 8",
     ),
-    "boot in the future": (
-        [b"light", b'{"sender":"s@h","boot":9223372036854775807,"seq":1,"ts":0,"body":{}}'],
-        "topic 'light': boot of s@h is in the future",
+    "life beyond 53 bits": (  # [M4] a browser's JSON.parse would round it, and two lives could look alike
+        [b"light", b'{"sender":"s@h","life":9007199254740992,"seq":1,"ts":0,"body":{}}'],
+        "topic 'light': expected 'int' <= 9007199254740991 at 'life'",
+    ),
+    "life 0": (
+        [b"light", b'{"sender":"s@h","life":0,"seq":1,"ts":0,"body":{}}'],
+        "topic 'light': expected 'int' >= 1 at 'life'",
     ),
     "seq beyond 64 bits": (
-        [b"light", b'{"sender":"s@h","boot":1,"seq":18446744073709551616,"ts":0,"body":{}}'],
+        [b"light", b'{"sender":"s@h","life":1,"seq":18446744073709551616,"ts":0,"body":{}}'],
         "topic 'light': expected 'int' <= 9223372036854775807 at 'seq'",
     ),
     "not JSON": ([b"light", b"light is ON"], "topic 'light': not valid JSON"),
     "JSON not an object": ([b"light", b"[1, 2]"], "topic 'light': expected 'object', got 'array'"),
-    "missing field": ([b"light", b'{"sender":"s@h","boot":1,"ts":0,"body":{}}'], "topic 'light': missing key 'seq'"),
+    "missing field": ([b"light", b'{"sender":"s@h","life":1,"ts":0,"body":{}}'], "topic 'light': missing key 'seq'"),
     "wrong type": (
-        [b"light", b'{"sender":"s@h","boot":1,"seq":"1","ts":0,"body":{}}'],
+        [b"light", b'{"sender":"s@h","life":1,"seq":"1","ts":0,"body":{}}'],
         "topic 'light': expected 'int', got 'str' at 'seq'",
     ),
     "negative seq": (
-        [b"light", b'{"sender":"s@h","boot":1,"seq":-1,"ts":0,"body":{}}'],
+        [b"light", b'{"sender":"s@h","life":1,"seq":-1,"ts":0,"body":{}}'],
         "topic 'light': expected 'int' >= 0 at 'seq'",
     ),
     "empty sender": (
-        [b"light", b'{"sender":"","boot":1,"seq":1,"ts":0,"body":{}}'],
+        [b"light", b'{"sender":"","life":1,"seq":1,"ts":0,"body":{}}'],
         "topic 'light': expected 'str' of length >= 1 at 'sender'",
     ),
     "body not an object": (
-        [b"light", b'{"sender":"s@h","boot":1,"seq":1,"ts":0,"body":"ON"}'],
+        [b"light", b'{"sender":"s@h","life":1,"seq":1,"ts":0,"body":"ON"}'],
         "topic 'light': expected 'object', got 'str' at 'body'",
     ),
 }

@@ -50,6 +50,8 @@ def test_an_unknown_key_or_none_gets_nothing_and_injects_nothing(
     for sock in (stranger(context, zmq.SUB, config, "light-switch"), context.socket(zmq.SUB)):
         sock.subscribe(b"")
         refused(sock, light)
+    wait_until(lambda: known.poll(100), "the known key to get the light's heartbeat")
+    assert known.recv_multipart()[0] == b"heartbeat"  # the switch's life first [P2], then its state
     wait_until(lambda: known.poll(100), "the known key to get the light's state")
     assert json.loads(known.recv_multipart()[1])["body"] == {"state": "ON"}
 

@@ -139,7 +139,7 @@ def test_malformed_messages_are_logged_and_dropped_and_the_mirror_keeps_going(
     for frames in (
         [b"coffee"],
         [b"coffee", b"not json"],
-        [b"coffee", json.dumps({"sender": "x", "boot": 1, "ts": 0, "body": {"status": True}}).encode()],
+        [b"coffee", json.dumps({"sender": "x", "life": 1, "ts": 0, "body": {"status": True}}).encode()],
         [good[0], good[1].replace(b"true", b'"yes"')],
     ):
         fake_coffee_maker.send(frames)

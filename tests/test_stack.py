@@ -67,7 +67,7 @@ for kind, port in ((zmq.SUB, 5556), (zmq.PUB, 5555)):
     outcome[port] = "refused" if monitor.poll(20_000) else "let in"
     if kind == zmq.PUB:
         for seq in range(1, 11):
-            body = b'{"sender":"web@x","boot":1,"seq":%d,"ts":0,"body":{"state":"OFF"}}' % seq
+            body = b'{"sender":"web@x","life":1,"seq":%d,"ts":0,"body":{"state":"OFF"}}' % seq
             sock.send_multipart([b"light-set", body])
     else:
         outcome["got"] = sock.poll(1000)

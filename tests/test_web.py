@@ -40,14 +40,20 @@ class Appliances:
     def __init__(self, context: zmq.asyncio.Context, config: Path) -> None:
         self.sock = context.socket(zmq.XPUB)
         self.sock.bind(endpoint(config, "coffee-maker"))
-        self.seq = 0
+        self.seqs: dict[tuple[str, str], int] = {}  # (sender, topic) -> seq of its newest message [M5]
+        self.seq = 0  # the seq of the message sent last
 
     async def subscribed(self) -> None:
         assert await asyncio.wait_for(self.sock.recv(), DEADLINE) == b"\x01"  # the forwarder takes every topic
 
     async def send(self, topic: str, body: dict[str, Any], sender: str = "toaster@test") -> None:
-        self.seq += 1
-        await self.sock.send_multipart(encode(Message(topic, sender, 1, self.seq, time.time(), body)))
+        """A message; a heartbeat carries the newest seq of the topic it is `for` without consuming one [P1]."""
+        if topic == "heartbeat":
+            seq = self.seqs.get((sender, body["for"]), 0)
+        else:
+            seq = self.seqs[sender, topic] = self.seqs.get((sender, topic), 0) + 1
+        self.seq = seq
+        await self.sock.send_multipart(encode(Message(topic, sender, 1, seq, time.time(), body)))
 
 
 @pytest.fixture

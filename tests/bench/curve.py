@@ -1,4 +1,4 @@
-"""What CurveZMQ costs: our own publisher and subscriber (Outbox and Inbox through the socket factory, each in
+"""What CurveZMQ costs: our own publisher and subscriber (Outbox and Subscriber through the socket factory, each in
 its own process) with `curve` off and on, interleaved in the same run; the ratio is the cost of encryption.
 
     .venv/bin/python tests/bench/curve.py [--messages 100000] [--runs 3]
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "services
 
 from smarthome.core.config import Config, LightSwitchConfig, Publish, Subscribe, Zmtp
 from smarthome.core.identity import Identity
+from smarthome.core.protocol import Kind
 from smarthome.core.runtime import Loop
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -38,7 +39,7 @@ class Pad(msgspec.Struct):
 def config(curve: bool, endpoint: str) -> Config:
     publisher = LightSwitchConfig("PUB", Publish("bench", bind=endpoint), toggle_period=0)
     zmtp = Zmtp(heartbeat_ivl=1, heartbeat_timeout=10, heartbeat_ttl=10)
-    return Config("bench", 1 << 20, 3600, 3, zmtp, {"bench-pub": publisher}, curve)
+    return Config("bench", 1 << 20, 3600, 3, zmtp, {"bench": Kind.STATE}, {"bench-pub": publisher}, curve)
 
 
 def publish(curve: bool, endpoint: str, count: int, size: int) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import platform
 import re
@@ -100,7 +101,7 @@ class Load:
         self.heartbeat_interval = loaded.heartbeat_interval
         self.endpoint = publish_endpoint(loaded, COMMANDS)  # the switch's commands port, or the broker's XSUB
         self.server = loaded.binder_of(self.endpoint) or ""
-        self.outbox = Outbox(Identity("bench-load", loaded), COMMANDS)
+        self.outbox = load_outbox(config)
         self.receivers = [name for name, s in loaded.services.items() if isinstance(s, LightSwitchConfig)]
         self.on = True  # what the light should be: the switches start on
         self.sent = 0
@@ -144,6 +145,14 @@ class Load:
             self.seconds = time.monotonic() - started
             sock.close()
             context.term()
+
+
+@functools.cache
+def load_outbox(config: Path) -> Outbox:
+    """The load's one life for the whole run: a new life's first commands would wait for its heartbeat (rule L4 of
+    docs/protocol.md) while the switches still hear the last one, and a new outbox would start its seq anew."""
+    loaded = load_config(config)
+    return Outbox(Identity("bench-load", loaded), COMMANDS, loaded.topics[COMMANDS])
 
 
 @dataclass

@@ -70,7 +70,7 @@ def warm_raw(messages: list[list[bytes]]) -> float:
 def warm_ours(messages: list[list[bytes]]) -> float:
     count = len(messages)
     context, pub, endpoint = queued()
-    ours = Ours("hop-sub")
+    ours = Ours("hop-sub", TOPIC)
     got = 0
 
     def record(_sender: str, _seq: int, _ts: float) -> None:
@@ -143,9 +143,9 @@ def main() -> None:
     parser.add_argument("--wakeups", type=int, default=200, help="sleeps per operation")
     options = parser.parse_args()
     top = header("What a hop costs in Python", " ".join(["python tests/bench/hop_cost.py", *sys.argv[1:]]))
-    boot, body = time.time_ns(), pad_for(100)
+    life, body = 1, pad_for(100)
     messages = [
-        encode(Message(TOPIC, "hop-pub@bench", boot, seq, time.time(), body)) for seq in range(1, options.messages + 1)
+        encode(Message(TOPIC, "hop-pub@bench", life, seq, time.time(), body)) for seq in range(1, options.messages + 1)
     ]
     frames = messages[0]
     runs: dict[str, list[float]] = {"raw": [], "ours": []}

@@ -75,7 +75,7 @@ BENCHMARKS = [
         "curve",
         ["curve.py"],
         True,
-        "What CurveZMQ costs: our own publisher and subscriber (Outbox, Inbox, the socket factory), each in its "
+        "What CurveZMQ costs: our own publisher and subscriber (Outbox, Subscriber, the socket factory), each in its "
         "own process, with `curve` off and on, interleaved in the same run. The other benchmarks run without it, "
         "like raw pyzmq and Mosquitto.",
     ),

@@ -56,14 +56,15 @@ def pad_for(size: int) -> dict[str, str]:
 class Ours:
     """The one place that drives the project's runtime in-process: a rename there is a change here only."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, topic: str) -> None:
         from smarthome.core.config import Config, Zmtp
         from smarthome.core.identity import Identity
+        from smarthome.core.protocol import Kind
         from smarthome.core.runtime import Loop
 
         # Heartbeats once an hour: never, here. No CurveZMQ, like the other rows (tests/bench/curve.py has its cost).
         zmtp = Zmtp(heartbeat_ivl=1, heartbeat_timeout=10, heartbeat_ttl=10)
-        config = Config("bench", 1 << 20, 3600, 3, zmtp, services={}, curve=False)
+        config = Config("bench", 1 << 20, 3600, 3, zmtp, topics={topic: Kind.STATE}, services={}, curve=False)
         me = Identity(name, config)
         self.service = Loop(me)
         self.sender = me.sender
@@ -186,7 +187,7 @@ def sub_raw(options: dict) -> None:
 
 
 def sub_ours(options: dict) -> None:
-    ours = Ours(f"sub{options['index']}")
+    ours = Ours(f"sub{options['index']}", options["topic"])
     tally = Tally()
     ours.subscribe(options["topic"], options["endpoint"], tally.record)
 
@@ -291,7 +292,7 @@ def pub_raw(options: dict) -> None:
 
 
 def pub_ours(options: dict) -> None:
-    ours = Ours(f"pub{options['index']}")
+    ours = Ours(f"pub{options['index']}", options["topic"])
     publish = ours.publisher(options["topic"], options["endpoint"], options["bind"])
     body = pad_for(options["size"])
     serve_pub(ours.sender, lambda: publish(body))
@@ -304,14 +305,14 @@ def pub_mqtt(options: dict) -> None:
     client = mqtt_client(options, f"{options['topic']}-{sender}")
     while not client.is_connected():
         client.loop(0.1)
-    topic, qos, body, boot = options["topic"], options["qos"], pad_for(options["size"]), time.time_ns()
+    topic, qos, body, life = options["topic"], options["qos"], pad_for(options["size"]), 1
     seq = 0
     last: mqtt.MQTTMessageInfo | None = None
 
     def send() -> int:
         nonlocal seq, last
         seq += 1
-        payload = encode(Message(topic, sender, boot, seq, time.time(), body))[1]
+        payload = encode(Message(topic, sender, life, seq, time.time(), body))[1]
         while True:
             # No network thread: publish() writes what the socket takes; loop() writes the rest and reads acks.
             last = client.publish(topic, payload, qos)

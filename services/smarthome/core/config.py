@@ -17,6 +17,8 @@ from typing import Annotated, Any
 import msgspec
 import yaml
 
+from smarthome.core.envelope import HEARTBEAT_TOPIC
+from smarthome.core.protocol import Kind
 from smarthome.core.schema import explain
 
 CONFIG_ENV = "SMARTHOME_CONFIG"
@@ -141,6 +143,7 @@ class _Settings(_Strict):
     heartbeat_interval: Annotated[float, msgspec.Meta(ge=0.05, le=60)]  # seconds between each publisher's heartbeats
     offline_after: Annotated[int, msgspec.Meta(ge=1, le=100)]  # missed heartbeats before a sender is gone
     zmtp: Zmtp
+    topics: dict[Topic, Kind]  # every topic on the wire and its kind (docs/protocol.md, K1-K6)
     services: dict[ServiceName, Any]
     curve: bool = True  # CurveZMQ on every connection: encrypted, and only known keys get in
 
@@ -151,6 +154,7 @@ class Config(msgspec.Struct, frozen=True):
     heartbeat_interval: float
     offline_after: int
     zmtp: Zmtp
+    topics: dict[str, Kind]
     services: dict[str, ServiceConfig]
     curve: bool = True
 
@@ -213,6 +217,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
     if os.environ.get(LOOPBACK_ENV) == "1":
         raw = _on_loopback(raw)
+    if isinstance(raw, dict) and isinstance(raw.get("topics"), dict):  # msgspec would say only "topics[...]"
+        for topic, kind in raw["topics"].items():
+            _convert(path, f"topics.{topic}", kind, Kind)
     settings = _convert(path, "", raw, _Settings)
     services = {
         name: _convert(path, f"services.{name}", entry, ServiceConfig) for name, entry in settings.services.items()
@@ -223,6 +230,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         settings.heartbeat_interval,
         settings.offline_after,
         settings.zmtp,
+        settings.topics,
         services,
         settings.curve,
     )
@@ -252,12 +260,15 @@ def _convert(path: str, key: str, raw: Any, schema: Any) -> Any:
 
 
 def _check_wiring(config: Config) -> None:
+    if HEARTBEAT_TOPIC in config.topics:
+        raise ConfigError(config.path, f"topics.{HEARTBEAT_TOPIC}", "reserved for heartbeats: pick another name")
     published = {p.topic for p in config.publishers().values()}
     for name, service in config.services.items():
         for key, endpoint, connecting in service.endpoints():
             _check_endpoint(config.path, f"services.{name}.{key}", endpoint, connecting)
         for field, spec in service.sockets():
             key = f"services.{name}.{field}"
+            _check_kinds(config, key, spec, commands=field == "commands")
             if isinstance(spec, Publish) and (spec.bind is None) == (spec.connect is None):
                 raise ConfigError(config.path, key, "needs exactly one of 'bind' or 'connect'")
             if isinstance(spec, Subscribe) and (spec.bind is None) == (not spec.connect):
@@ -277,6 +288,24 @@ def _check_wiring(config: Config) -> None:
         for key, endpoint, connecting in service.endpoints():
             if connecting and config.binder_of(endpoint) is None:
                 raise ConfigError(config.path, f"services.{name}.{key}", f"no service binds the port of '{endpoint}'")
+
+
+def _check_kinds(config: Config, key: str, spec: Publish | Subscribe, commands: bool) -> None:
+    """Every topic is declared [K1], and a command topic is carried by `commands` sockets and nothing else [K6]."""
+    topics = (
+        [(f"{key}.topic", spec.topic)] if isinstance(spec, Publish) else list(_indexed(f"{key}.topics", spec.topics))
+    )
+    for where, topic in topics:
+        kind = config.topics.get(topic)
+        if kind is None:
+            raise ConfigError(config.path, where, f"topic '{topic}' is not declared under 'topics'")
+        if commands != (kind is Kind.COMMAND):
+            carried = "only 'commands' sockets carry commands" if not commands else "'commands' carry command topics"
+            raise ConfigError(config.path, where, f"'{topic}' is a {kind} topic: {carried}")
+
+
+def _indexed(key: str, items: list[str]) -> Iterator[tuple[str, str]]:
+    return ((f"{key}[{i}]", item) for i, item in enumerate(items))
 
 
 def _check_web(path: str, key: str, web: WebConfig) -> None:

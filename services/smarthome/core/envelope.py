@@ -1,20 +1,13 @@
 """The one message envelope every service speaks: [topic, JSON] as a two-frame ZeroMQ message.
 
-Frame 1 is the topic (UTF-8), so SUB sockets filter on it without parsing JSON.
-Frame 2 is JSON: {"sender", "boot", "seq", "ts", "body"}
-  sender  who published (service@host, so scaled instances differ)
-  boot    the sender's start time in ns: a restarted sender's seq starts again at 1 and is still newer
-  seq     per-sender counter, increasing; (boot, seq) orders one sender's messages and spots duplicates
-  ts      wall-clock send time in seconds
-  body    the payload, a JSON object whose shape depends on the topic
+Its fields and what they mean are docs/protocol.md's rules M1-M8; this module encodes and checks them.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-import time
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, NamedTuple, TypeVar
 
 import msgspec
 
@@ -27,7 +20,7 @@ SENDER = re.compile(r"^[A-Za-z0-9_.:+-]{1,100}@[A-Za-z0-9_.:+-]{1,100}$")  # ser
 Counter = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 TOPIC = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 MAX_BODY_DEPTH = 8  # our bodies are flat; a deeper one is an attack on whoever walks it later
-MAX_CLOCK_SKEW_NS = 60 * 10**9  # a boot this far in the future would outrank the real sender's next boots
+Life = Annotated[int, msgspec.Meta(ge=1, lt=2**53)]  # [M4] exact in every JSON reader, a browser's too
 
 
 Body = TypeVar("Body")
@@ -37,7 +30,7 @@ class _Json(msgspec.Struct, Generic[Body], frozen=True):
     """Frame 2. Unknown fields are ignored, so newer senders can add fields without breaking older readers."""
 
     sender: Sender
-    boot: Counter
+    life: Life
     seq: Counter
     ts: Annotated[float, msgspec.Meta(ge=0, le=2**40)]  # finite: no NaN or infinity reaches a browser
     body: Body
@@ -46,7 +39,7 @@ class _Json(msgspec.Struct, Generic[Body], frozen=True):
 class Message(msgspec.Struct, frozen=True):
     topic: str
     sender: str
-    boot: int
+    life: int
     seq: int
     ts: float
     body: Any  # a JSON object as a dict, or the body type the reader asked for (see decode)
@@ -65,23 +58,53 @@ def _decoder(body_type: type | None) -> msgspec.json.Decoder:
     return msgspec.json.Decoder(_Json[body_type or dict[str, Any]])
 
 
-class _SenderOnly(msgspec.Struct):
+class _For(msgspec.Struct, frozen=True):
+    topic: str = msgspec.field(name="for")
+
+
+class _HeadJson(msgspec.Struct, frozen=True):
     sender: Sender
+    life: Life
+    seq: Counter
 
 
-_sender_decoder = msgspec.json.Decoder(_SenderOnly)
+class _HeartbeatJson(_HeadJson, frozen=True):
+    body: _For
 
 
-def sender_of(payload: bytes) -> str | None:
-    """Just the sender of frame 2 (cheap: the rest is skipped), or None if it has none."""
+_head_decoders = {False: msgspec.json.Decoder(_HeadJson), True: msgspec.json.Decoder(_HeartbeatJson)}
+
+
+class Head(NamedTuple):
+    """What the broker reads of a message, its body skipped: enough for the rules A, L, G and C."""
+
+    topic: str
+    sender: str
+    life: int
+    seq: int
+    concerns: str  # the topic itself, or the one a heartbeat is `for` [K5]
+
+
+def decode_head(frames: list[bytes]) -> Head:
+    """The envelope of `frames` without its body (but a heartbeat's `for`), or EnvelopeError saying why [M8]."""
+    topic = topic_of(frames)
+    if topic is None:
+        raise EnvelopeError("not [topic, json] with a topic name")
+    heartbeat = topic == HEARTBEAT_TOPIC
     try:
-        return _sender_decoder.decode(payload).sender
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):  # deep JSON: RecursionError
-        return None
+        j = _head_decoders[heartbeat].decode(frames[1])
+    except msgspec.ValidationError as exc:
+        problem, key = explain(exc)
+        raise EnvelopeError(f"topic '{topic}': {problem}" + (f" at '{key}'" if key else "")) from None
+    except (msgspec.DecodeError, RecursionError):  # deep JSON: RecursionError
+        raise EnvelopeError(f"topic '{topic}': not valid JSON") from None
+    if not _is_sender(j.sender):
+        raise EnvelopeError(f"topic '{topic}': sender {j.sender[:80]!r} is not service@instance")
+    return Head(topic, j.sender, j.life, j.seq, j.body.topic if heartbeat else topic)
 
 
 def encode(message: Message) -> list[bytes]:
-    payload = _Json(message.sender, message.boot, message.seq, message.ts, message.body)
+    payload = _Json(message.sender, message.life, message.seq, message.ts, message.body)
     return [message.topic.encode(), _encoder.encode(payload)]
 
 
@@ -130,9 +153,7 @@ def decode(frames: list[bytes], body_type: type[msgspec.Struct] | None = None) -
     # the body's, the body is flat, as nearly every body is, and is not walked.
     if body_type is None and frames[1].count(b"{") + frames[1].count(b"[") > 2 and not _shallow(j.body):
         raise EnvelopeError(f"topic '{topic}': body nested deeper than {MAX_BODY_DEPTH}")
-    if j.boot > time.time_ns() + MAX_CLOCK_SKEW_NS:
-        raise EnvelopeError(f"topic '{topic}': boot of {j.sender} is in the future")
-    return Message(topic, j.sender, j.boot, j.seq, j.ts, j.body)
+    return Message(topic, j.sender, j.life, j.seq, j.ts, j.body)
 
 
 def _shallow(body: dict[str, Any]) -> bool:

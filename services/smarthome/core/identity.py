@@ -1,11 +1,11 @@
-"""What a running service is, apart from the loop that runs it: name, label, sender, boot, config, health."""
+"""What a running service is, apart from the loop that runs it: name, label, sender, life, config, health."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import socket
-import time
 
 from smarthome.core.config import Config, ServiceConfig
 
@@ -43,5 +43,5 @@ class Identity:
         self.label = label or (self.spec.name if self.spec else name)  # how log lines name this service
         # Scaled instances differ by container hostname, which a restart keeps and a recreate changes.
         self.sender = f"{name}@{os.environ.get(INSTANCE_ENV) or socket.gethostname()}"
-        self.boot = time.time_ns()  # a restarted sender's seq starts again at 1 and is still newer
+        self.life = 1 + secrets.randbelow(2**53 - 1)  # [M4] this life of the sender; no clock in it
         self.health = HealthFile()

@@ -21,7 +21,6 @@ import zmq.auth
 from zmq.auth.base import Authenticator
 
 from smarthome.core.config import BrokerConfig, Config, ConfigError, Publish
-from smarthome.core.envelope import HEARTBEAT_TOPIC
 from smarthome.core.identity import TOOLS, Identity
 
 KEYS_ENV = "SMARTHOME_KEYS"
@@ -142,19 +141,22 @@ def answer_zap(auth: Authenticator, frames: list[bytes]) -> None:
 
 
 class Policy:
-    """Who may publish what, checked where a message first arrives (its peer's User-Id is known there)."""
+    """Who may publish what, checked where a message first arrives (its peer's User-Id is known there) [A1]."""
 
     def __init__(self, config: Config) -> None:
         self.relays = {name for name, s in config.services.items() if isinstance(s, BrokerConfig)}
+        self.declared = set(config.topics)
         self.topics = {
-            name: {spec.topic for _, spec in s.sockets() if isinstance(spec, Publish)} | {HEARTBEAT_TOPIC}
+            name: {spec.topic for _, spec in s.sockets() if isinstance(spec, Publish)}
             for name, s in config.services.items()
         }
 
     def refuses(self, peer: str, sender: str, topic: str) -> str | None:
-        """Why `peer` may not send this message (None: it may)."""
-        if peer in self.relays or peer == TOOLS:
-            return None  # the broker checked it where it came in; the operator's tools may say anything
+        """Why `peer` may not send this message on `topic` (for a heartbeat: the topic it is `for`); None: it may."""
+        if peer in self.relays:
+            return None  # the broker checked it where it came in
+        if peer == TOOLS:  # the operator's tools may say anything declared
+            return None if topic in self.declared else f"'{topic}' is not a declared topic"
         if sender.partition("@")[0] != peer:
             return f"{peer} sent as {sender}"
         if topic not in self.topics.get(peer, ()):

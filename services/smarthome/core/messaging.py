@@ -1,26 +1,27 @@
-"""Both ends of pub/sub apart from any loop: an Outbox makes what a publisher sends, an Inbox checks what a
-subscriber receives. The poller runtime, the web forwarder and the host tools all use these.
+"""Both ends of pub/sub on their sockets, apart from any loop: an Outbox makes what a publisher sends, a
+Subscriber judges what a subscriber receives by the rules of docs/protocol.md (kept in core/protocol.py).
+The poller runtime, the web forwarder and the host tools all use these.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 import zmq
 
+from smarthome.core.config import Config
 from smarthome.core.envelope import HEARTBEAT_TOPIC, EnvelopeError, Message, decode, encode, topic_of
 from smarthome.core.identity import Identity
 from smarthome.core.keys import Policy
+from smarthome.core.protocol import Beat, Kind, Receiver
 from smarthome.core.sockets import warnings
 
 Body = TypeVar("Body", bound=msgspec.Struct)
 _MORE = int(zmq.SNDMORE)
 log = logging.getLogger("smarthome")
-MAX_SENDERS = 10_000  # per-sender tables are bounded: past this, the least recently heard sender is forgotten
 
 
 _send = zmq.backend.Socket.send  # what Socket.send calls after checks for options we never use
@@ -48,32 +49,39 @@ class Subscription(NamedTuple):
 
 
 class Outbox:
-    """One publisher's side of the envelope: sender, boot, sequence, last message and who listens to its topic."""
+    """One publisher's side of the envelope: sender, life, seq, the current state and who listens to its topic."""
 
-    def __init__(self, me: Identity, topic: str) -> None:
+    def __init__(self, me: Identity, topic: str, kind: Kind) -> None:
         self.me = me
         self.topic = topic
+        self.kind = kind
         self._topic = topic.encode()
-        self.seq = 0
-        self.last: list[bytes] | None = None  # the current state, re-sent to every subscriber that joins
+        self.seq = 0  # [M5]
+        self.last: list[bytes] | None = None  # a state topic's newest message, sent to every subscription [P2]
         self.listened = False  # whether a subscription names this topic exactly (not a catch-all like '')
 
     def message(self, body: msgspec.Struct | dict[str, Any], topic: str | None = None) -> Message:
         """The next message on our topic (or `topic`, for events that never go on the wire as state).
         A typed body is encoded as it is: msgspec writes a Struct's fields as a JSON object."""
         self.seq += 1
-        return Message(topic or self.topic, self.me.sender, self.me.boot, self.seq, time.time(), body)
+        return Message(topic or self.topic, self.me.sender, self.me.life, self.seq, time.time(), body)
 
     def publish(self, body: msgspec.Struct | dict[str, Any]) -> tuple[Message, list[bytes]]:
-        """The next message on our topic and its frames, remembered as the current state."""
+        """The next message on our topic and its frames; a state is kept as the current one [K2]."""
         message = self.message(body)
-        self.last = encode(message)
-        return message, self.last
+        frames = encode(message)
+        if self.kind is Kind.STATE:
+            self.last = frames
+        return message, frames
 
     def heartbeat(self) -> list[bytes]:
-        """'Alive, and my newest message on my topic is seq N': it carries our seq without consuming one."""
+        """[P1] 'This life runs, and its newest message on my topic is seq N': N without consuming one."""
         me, body = self.me, {"for": self.topic}
-        return encode(Message(HEARTBEAT_TOPIC, me.sender, me.boot, self.seq, time.time(), body))
+        return encode(Message(HEARTBEAT_TOPIC, me.sender, me.life, self.seq, time.time(), body))
+
+    def answer(self) -> list[list[bytes]]:
+        """[P2] What a new subscription gets: a heartbeat first, so that our life is known, then our state."""
+        return [self.heartbeat(), self.last] if self.last else [self.heartbeat()]
 
     def concerns(self, subscription: Subscription) -> bool:
         """Whether `subscription` covers our topic: a subscriber on several publishers sends all its topics to each."""
@@ -87,86 +95,32 @@ class Outbox:
         return True
 
 
-class Liveness:
-    """When each sender was last heard, least recent first, bounded to MAX_SENDERS: who is alive, who is gone."""
-
-    def __init__(self, gone_after: float) -> None:
-        self.gone_after = gone_after
-        self._heard: OrderedDict[str, float] = OrderedDict()
-
-    def __contains__(self, sender: str) -> bool:
-        return sender in self._heard
-
-    def hear(self, sender: str) -> str | None:
-        """`sender` is alive now; the sender forgotten to keep the bound, if one had to be."""
-        self._heard[sender] = time.monotonic()
-        self._heard.move_to_end(sender)
-        return self._heard.popitem(last=False)[0] if len(self._heard) > MAX_SENDERS else None
-
-    def drop(self, sender: str) -> None:
-        self._heard.pop(sender, None)
-
-    def gone(self) -> list[str]:
-        """The senders not heard for `gone_after` seconds, no longer tracked."""
-        deadline = time.monotonic() - self.gone_after
-        gone = []
-        while self._heard and next(iter(self._heard.values())) < deadline:  # least recently heard first
-            gone.append(self._heard.popitem(last=False)[0])
-        return gone
-
-
-class Stream:
-    """What a subscriber knows of one (sender, topic): the boot and seq of its newest message, and the seq up to
-    which every message is accounted for (received, or counted as missed)."""
-
-    __slots__ = ("boot", "counted", "seq")
-
-    def __init__(self, boot: int, seq: int) -> None:
-        self.boot, self.seq, self.counted = boot, seq, seq
-
-    @classmethod
-    def resumed(cls, forgotten: Stream) -> Stream:
-        """A forgotten sender's stream, back: no state held (seq 0), gaps still counted from where it was."""
-        stream = cls(forgotten.boot, 0)
-        stream.counted = forgotten.counted
-        return stream
-
-
-class Inbox:
+class Subscriber:
     """What every subscriber does with a received message before its handler sees it.
 
-    Malformed messages are logged (one line, with the reason) and dropped; duplicates, stale re-sends and
-    topics that only share a prefix with a subscription are dropped silently. `accept` returns the rest,
-    heartbeats of the wanted topics included (as message, None).
-
-    Heartbeats carry the sender's current seq without consuming one, so a seq jump, in a message or in a
-    heartbeat, is exactly the number of messages we missed (slow joiner, HWM drops, a partition): each gap is
-    one log line and counted per sender in `missed`. A gap seen in a heartbeat means we also missed the
-    current state: subscribing anew on `sock` makes every publisher of the topic (and the broker) re-send it.
-    A sender not heard for `gone_after` seconds is returned by `expire` and forgotten. Every table is
-    bounded to MAX_SENDERS senders.
+    The envelope is checked [M8] (a malformed message is logged and dropped, but another topic's body need not be
+    ours: 'light' subscribed also matches 'lightning'), then who sent it [A1], whether its topic is declared and
+    ours [K1, K5], and then the rules of a Receiver [L, G, R]. `accept` returns what passes, heartbeats of the
+    wanted topics included (as message, None). When a Receiver says to ask again, every socket in `socks`
+    subscribes to the topic once more and takes that back [R4]. Each gap is one log line [G5].
     """
 
     def __init__(
         self,
         label: str,
+        config: Config,
         topics: list[str],
         body_type: type[Body] | None,
-        gone_after: float,
         policy: Policy | None = None,
     ) -> None:
         self.label = label
         self.policy = policy  # with CurveZMQ: who may publish what
-        self.wanted = set(topics)  # empty: every topic
+        self.kinds = config.topics
+        self.wanted = set(topics)  # empty: every declared topic
+        self.topics = frozenset(self.wanted or self.kinds)  # what reaches the Receiver [K1]
         self.body_type = body_type
-        self.gone_after = gone_after
-        self.socks: list[zmq.Socket] = []  # the SUB sockets this inbox reads, subscribed to `subscriptions`
-        self.streams: dict[str, dict[str, Stream]] = {}  # sender -> topic -> what we know of it
-        self.liveness = Liveness(gone_after)
-        self.missed: dict[str, int] = {}  # sender -> messages of it we never got
-        self.gaps = 0  # gaps counted so far, all senders
-        self.asked: dict[str, dict[str, float]] = {}  # sender -> topic -> when we last asked for its state
-        self.tombstones: OrderedDict[str, dict[str, Stream]] = OrderedDict()  # forgotten senders' streams
+        self.socks: list[zmq.Socket] = []  # the SUB sockets this subscriber reads, subscribed to `subscriptions`
+        self.receiver = Receiver(config.topics, config.gone_after, config.heartbeat_interval, self._gap)
 
     @property
     def subscriptions(self) -> list[str]:
@@ -179,98 +133,54 @@ class Inbox:
         try:
             message = decode(frames, self.body_type)
         except EnvelopeError as exc:
-            if not self._unwanted(topic_of(frames)):  # another topic's body need not be ours
+            if not self._unwanted(topic_of(frames)):
                 warnings.warn("%s dropped a malformed message: %s", self.label, exc)
             return None
-        if self.policy and (refused := self.policy.refuses(peer or "?", message.sender, message.topic)):
-            warnings.warn("%s dropped a message on '%s': %s", self.label, message.topic, refused)
+        topic = message.topic
+        if topic == HEARTBEAT_TOPIC:
+            return self._heartbeat(message, peer)
+        if topic not in self.topics:
+            if not self.wanted:  # a subscriber of everything hears every topic: one nobody declared is refused
+                warnings.warn("%s dropped a message on '%s': not a declared topic", self.label, topic)
+            return None  # [K1] ('light' subscribed also matches 'lightning')
+        if self.policy and (refused := self.policy.refuses(peer or "?", message.sender, topic)):
+            warnings.warn("%s dropped a message on '%s': %s", self.label, topic, refused)
             return None
-        if self.tombstones:
-            self._revive(message.sender)
-        if message.topic == HEARTBEAT_TOPIC:
-            return self._heartbeat(message)
-        if self.wanted and message.topic not in self.wanted:  # as _unwanted, inline: every message passes here
+        if not self.receiver.take(message.sender, message.life, topic, message.seq, time.monotonic()):
             return None
-        stream = self.streams.get(message.sender, {}).get(message.topic)
-        if stream and (message.boot, message.seq) <= (stream.boot, stream.seq):  # a later boot wins, then seq
-            self._hear(message.sender)  # a re-sent last value we already have: nothing new, but a sign of life
-            return None
-        self._hear(message.sender)
-        if stream is None or message.boot > stream.boot:  # a new sender, or a restarted one: its seq starts afresh
-            self.streams.setdefault(message.sender, {})[message.topic] = Stream(message.boot, message.seq)
-        else:
-            if message.seq > stream.counted + 1:  # a gap: what came between is missed
-                self._count(message.sender, message.seq - stream.counted - 1)
-            stream.seq = stream.counted = message.seq
         return message, message.body if self.body_type else None
 
     def _unwanted(self, topic: str | None) -> bool:
         """Whether `topic` is not ours though subscribed to: subscriptions match prefixes, 'light' ~ 'lightning'."""
         return topic is not None and bool(self.wanted) and topic not in self.wanted and topic != HEARTBEAT_TOPIC
 
-    def _heartbeat(self, message: Message) -> tuple[Message, None] | None:
+    def _heartbeat(self, message: Message, peer: str | None) -> tuple[Message, None] | None:
         topic = message.body.get("for")
         if not isinstance(topic, str):
             warnings.warn("%s dropped a malformed heartbeat from %s: no 'for' topic", self.label, message.sender)
             return None
-        if self.wanted and topic not in self.wanted and HEARTBEAT_TOPIC not in self.wanted:
+        if topic not in (self.kinds if HEARTBEAT_TOPIC in self.wanted else self.topics):
+            return None  # [K5] not a topic we receive (asked for heartbeats themselves: any declared one)
+        if self.policy and (refused := self.policy.refuses(peer or "?", message.sender, topic)):
+            warnings.warn("%s dropped a heartbeat for '%s': %s", self.label, topic, refused)
             return None
-        self._hear(message.sender)
-        stream = self.streams.get(message.sender, {}).get(topic)
-        if stream and message.boot == stream.boot and message.seq > stream.counted:
-            self._count(message.sender, message.seq - stream.counted)
-            stream.counted = message.seq
-            self._resync(topic)
-        elif (
-            (stream is None or message.boot > stream.boot or stream.seq == 0)
-            and message.seq > 0
-            and self._may_ask(message.sender, topic)  # once per `gone_after`: the re-send may be on its way
-        ):
-            self._resync(topic)  # it has a state we do not hold: we joined, or came back, after it was sent
+        beat = self.receiver.heartbeat(message.sender, message.life, topic, message.seq, time.monotonic())
+        if beat is Beat.DROPPED:
+            return None
+        if beat is Beat.ASK:
+            self._ask(topic, message.sender)
         return message, None
 
-    def _may_ask(self, sender: str, topic: str) -> bool:
-        asked = self.asked.setdefault(sender, {})
-        now = time.monotonic()
-        if now - asked.get(topic, -self.gone_after) < self.gone_after:
-            return False
-        asked[topic] = now
-        return True
-
-    def _resync(self, topic: str) -> None:
-        """The state we hold of `topic` may be stale: a new subscription has every publisher re-send theirs."""
-        prefix = topic if self.wanted else ""
+    def _ask(self, topic: str, sender: str) -> None:
+        """[R4] Subscribe to `topic` once more and take it back: its publishers answer, none sees it unsubscribed."""
+        log.info("%s asks again for '%s': %s has a newer state than we hold", self.label, topic, sender)
         for sock in self.socks:
-            sock.unsubscribe(prefix)
-            sock.subscribe(prefix)
+            sock.subscribe(topic)
+            sock.unsubscribe(topic)
 
-    def _revive(self, sender: str) -> None:
-        """A sender we forgot is back: what it sent meanwhile counts as missed, but its state is new to us."""
-        if sender not in self.liveness and (earlier := self.tombstones.pop(sender, None)):
-            self.streams[sender] = {topic: Stream.resumed(stream) for topic, stream in earlier.items()}
-
-    def _hear(self, sender: str) -> None:
-        if evicted := self.liveness.hear(sender):
-            self._forget(evicted)
-
-    def _count(self, sender: str, missed: int) -> None:
-        """A gap of `missed` (> 0) messages from `sender`: counted, and one log line."""
-        self.gaps += 1
-        self.missed[sender] = self.missed.get(sender, 0) + missed
+    def _gap(self, sender: str, missed: int) -> None:
         log.warning("%s missed %d messages from %s", self.label, missed, sender)
 
-    def _forget(self, sender: str) -> None:
-        self.liveness.drop(sender)
-        self.streams.pop(sender, None)
-        self.missed.pop(sender, None)
-        self.asked.pop(sender, None)
-
     def expire(self) -> list[str]:
-        """The senders not heard for `gone_after` seconds, now forgotten."""
-        gone = self.liveness.gone()
-        for sender in gone:
-            self.tombstones[sender] = self.streams.get(sender, {})  # to count what it sends while forgotten
-            if len(self.tombstones) > MAX_SENDERS:
-                self.tombstones.popitem(last=False)
-            self._forget(sender)
-        return gone
+        """[F1] The senders not heard for `gone_after` seconds, now forgotten."""
+        return self.receiver.expire(time.monotonic())

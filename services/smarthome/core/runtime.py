@@ -23,7 +23,7 @@ from smarthome.core.config import Publish, Subscribe
 from smarthome.core.envelope import HEARTBEAT_TOPIC, Message
 from smarthome.core.identity import HEALTH_TOUCH_EVERY, Identity
 from smarthome.core.logs import held_lines
-from smarthome.core.messaging import Body, Inbox, Outbox, Subscription, send_frames
+from smarthome.core.messaging import Body, Outbox, Subscriber, Subscription, send_frames
 from smarthome.core.sockets import Handler, Sockets, dropped
 
 _NOBLOCK, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
@@ -105,30 +105,31 @@ class Loop:
         body_type: type[Body] | None,
         handler: Callable[[Message, Body | None], None],
         on_gone: Callable[[str], None] | None = None,
-    ) -> Inbox:
+    ) -> Subscriber:
         """Receive `spec.topics` (all if empty) with bodies validated as `body_type` (None: any JSON object).
 
-        Only new, valid messages reach `handler` (see Inbox); heartbeats are heard here, and reach it only when
-        `spec.topics` asks for them (or is empty: everything).
-        `on_gone(sender)` is called for a sender that stopped heartbeating: its state must not linger as alive.
+        Only new, valid messages reach `handler` (see Subscriber); heartbeats are heard here, and reach it only
+        when `spec.topics` asks for them (or is empty: everything).
+        `on_gone(sender)` is called for a sender that stopped heartbeating: its state must not linger as alive [F1].
         """
-        inbox = Inbox(self.me.label, spec.topics, body_type, self.me.config.gone_after, self.sockets.policy)
+        config = self.me.config
+        subscriber = Subscriber(self.me.label, config, spec.topics, body_type, self.sockets.policy)
         heartbeats = not spec.topics or HEARTBEAT_TOPIC in spec.topics  # to the handler only if it asked
 
         def deliver(frames: list[bytes], peer: str | None) -> None:
-            if (accepted := inbox.accept(frames, peer)) and (heartbeats or accepted[0].topic != HEARTBEAT_TOPIC):
+            if (accepted := subscriber.accept(frames, peer)) and (heartbeats or accepted[0].topic != HEARTBEAT_TOPIC):
                 handler(*accepted)
 
-        self.sockets.subscribe(spec, inbox, deliver)
+        self.sockets.subscribe(spec, subscriber, deliver)
 
         def expire() -> None:
-            for sender in inbox.expire():
-                log.info("%s forgot %s: no heartbeat for %gs", self.me.label, sender, inbox.gone_after)
+            for sender in subscriber.expire():
+                log.info("%s forgot %s: not heard for %gs", self.me.label, sender, config.gone_after)
                 if on_gone:
                     on_gone(sender)
 
-        self.every(self.me.config.heartbeat_interval, expire)
-        return inbox
+        self.every(config.heartbeat_interval, expire)
+        return subscriber
 
     # --- timers ------------------------------------------------------------------------------------
 
@@ -200,17 +201,16 @@ class Loop:
 
 
 class Publisher:
-    """An XPUB socket that re-sends the current state whenever a subscription arrives.
+    """An XPUB socket that answers every subscription with a heartbeat and the current state [P2].
 
     This is how late joiners learn the state without sleeps: a subscriber that connects (or reconnects)
-    sends its subscription, XPUB_VERBOSE hands every one of them to us, and we answer with our last
-    message. Other subscribers get a copy too and drop it by (boot, seq). It also sends a heartbeat
-    every heartbeat_interval, which is never re-sent: it says "alive now", not what the state is.
+    sends its subscription, XPUB_VERBOSE hands every one of them to us, and we answer. Other subscribers
+    get a copy too and drop it by seq [G2]. It also sends a heartbeat every heartbeat_interval [P1].
     `on_listener` is called whenever a subscription names our topic exactly (a catch-all does not).
     """
 
     def __init__(self, loop: Loop, spec: Publish, on_listener: Callable[[], None] | None = None) -> None:
-        self.outbox = Outbox(loop.me, spec.topic)
+        self.outbox = Outbox(loop.me, spec.topic, loop.me.config.topics[spec.topic])
         self.on_listener = on_listener
         self.label = loop.me.label
         self.sock = loop.sockets.publisher(spec)
@@ -233,8 +233,8 @@ class Publisher:
         named = self.outbox.heard(subscription)
         if not (subscription.on and self.outbox.concerns(subscription)):
             return
-        log.info("%s has a new subscriber; re-sending the current state", self.label)
-        if self.outbox.last:
-            send_frames(self.sock, self.outbox.last)
+        log.info("%s has a new subscriber; answering with a heartbeat and the current state", self.label)
+        for frames in self.outbox.answer():
+            send_frames(self.sock, frames)
         if named and self.on_listener:
             self.on_listener()

@@ -23,7 +23,7 @@ from smarthome.core.keys import ZAP_DOMAIN, Keys, Policy, answer_zap, authentica
 from smarthome.core.logs import LimitedWarnings
 
 if TYPE_CHECKING:
-    from smarthome.core.messaging import Inbox
+    from smarthome.core.messaging import Subscriber
 
 Handler = Callable[..., None]  # handler(frames), or handler(frames, peer) where the loop reads the peer's User-Id
 Watch = Callable[..., None]  # watch(sock, handler, peer=False): how a loop calls the handler for each message
@@ -150,16 +150,18 @@ class Sockets:
         """
         return self.make(zmq.XPUB, bind=spec.bind, connect=[spec.connect] if spec.connect else (), xpub_verbose=True)
 
-    def subscribe(self, spec: Subscribe, inbox: Inbox, deliver: Callable[[list[bytes], str | None], None]) -> None:
-        """Make `spec`'s SUB sockets for `inbox` and have the loop call `deliver(frames, peer)` for each message.
+    def subscribe(
+        self, spec: Subscribe, subscriber: Subscriber, deliver: Callable[[list[bytes], str | None], None]
+    ) -> None:
+        """Make `spec`'s SUB sockets for `subscriber` and have the loop call `deliver(frames, peer)` for each message.
 
         A connecting subscriber gets one socket per publisher, so it knows who sent what: the server whose
         key it pinned. A binding one has many peers: the loop reads each message's User-Id instead.
         """
-        topics = inbox.subscriptions
+        topics = subscriber.subscriptions
         if spec.bind:
             sock = self.make(zmq.SUB, bind=spec.bind, topics=topics)
-            inbox.socks.append(sock)
+            subscriber.socks.append(sock)
             if self.keys:
                 self.watch(sock, deliver, peer=True)
             else:
@@ -167,7 +169,7 @@ class Sockets:
             return
         for endpoint in spec.connect:
             sock = self.make(zmq.SUB, connect=[endpoint], topics=topics)
-            inbox.socks.append(sock)
+            subscriber.socks.append(sock)
             self.watch(sock, _from(self.me.config.binder_of(endpoint), deliver))
 
 

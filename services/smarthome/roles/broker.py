@@ -1,78 +1,77 @@
 """The broker: N-to-N pub/sub. Every publisher connects to its XSUB, every subscriber to its XPUB.
 
-A poller loop rather than zmq.proxy, because the broker must see the traffic: it keeps the last message
-of each topic from each sender and hands them to every new subscription (so late joiners learn the whole
-state at once), forgets a sender that stopped heartbeating (so no ghost is handed out), and logs each
-subscribe and unsubscribe. Both sockets live on the one loop; neither is touched by a thread.
+A poller loop rather than zmq.proxy, because the broker must see the traffic: it checks every publisher's key
+against what it sends [A1], keeps the last state of each sender and hands it to every new subscription (so late
+joiners learn the whole state at once), forgets a sender that went quiet (so no ghost is handed out), and logs
+each subscribe and unsubscribe: docs/protocol.md, rules C. Both sockets live on the one loop.
 """
 
 import logging
 import re
-from collections import OrderedDict
+import time
 
 import zmq
 
 from smarthome.core.config import BrokerConfig
-from smarthome.core.envelope import HEARTBEAT_TOPIC, sender_of
+from smarthome.core.envelope import HEARTBEAT_TOPIC, EnvelopeError, decode_head
 from smarthome.core.identity import Identity
-from smarthome.core.messaging import Liveness, Subscription, send_frames
+from smarthome.core.messaging import Subscription, send_frames
+from smarthome.core.protocol import Beat, LastValues, Receiver
 from smarthome.core.runtime import Loop
 from smarthome.core.sockets import warnings
 
 log = logging.getLogger(__name__)
-LAST_VALUES_MAX = 10_000  # (topic, sender) pairs remembered; the least recently updated is forgotten first
-LAST_VALUES_MAX_BYTES = 16 << 20  # and no more bytes than this
-UPSTREAM_MAX = 1_000  # distinct subscriptions passed on to the publishers; beyond it they are refused
-HEARTBEAT = HEARTBEAT_TOPIC.encode()
-TOPIC_PREFIX = re.compile(rb"^([a-z][a-z0-9_-]{0,63})?$")  # a subscription is a prefix of a topic name, or
+UPSTREAM_MAX = 1_000  # [C5] distinct subscriptions passed on to the publishers; beyond it they are refused
+TOPIC_PREFIX = re.compile(rb"^([a-z][a-z0-9_-]{0,63})?$")  # a subscription is a prefix of a topic name, or ''
 
 
 def main(me: Identity, spec: BrokerConfig) -> int:
     loop = Loop(me)
+    config, policy = me.config, loop.sockets.policy
     from_publishers = loop.sockets.make(zmq.XSUB, bind=spec.publishers)
     # Every subscribe, repeats included (each new subscriber gets the last values), and an unsubscribe only
     # once no subscriber holds it any more: libzmq tracks them per peer, so nobody takes back another's.
     to_subscribers = loop.sockets.make(zmq.XPUB, bind=spec.subscribers, xpub_verbose=True)
-    last_values: OrderedDict[tuple[bytes, str], list[bytes]] = OrderedDict()
-    cached_bytes = 0
-    liveness = Liveness(me.config.gone_after)
+
+    def missed(sender: str, count: int) -> None:
+        log.warning("%s missed %d messages from %s", spec.name, count, sender)
+
+    kept = LastValues(Receiver(config.topics, config.gone_after, config.heartbeat_interval, missed))
     upstream: set[bytes] = set()  # subscriptions the publishers have from us
 
     def forward(frames: list[bytes], peer: str | None = None) -> None:
-        nonlocal cached_bytes
-        sender = sender_of(frames[-1]) if len(frames) == 2 else None
-        if loop.sockets.policy:  # the first hop: only here is the publisher's key known, so only here can it be checked
-            topic = frames[0].decode(errors="replace")
-            if refused := loop.sockets.policy.refuses(peer or "?", sender or "?", topic):
-                warnings.warn("%s dropped a message on '%s': %s", spec.name, topic, refused)
-                return
+        try:
+            head = decode_head(frames)
+        except EnvelopeError as exc:
+            warnings.warn("%s dropped a malformed message: %s", spec.name, exc)
+            return
+        if head.concerns not in config.topics:
+            warnings.warn("%s dropped a message on '%s': not a declared topic", spec.name, head.concerns)
+            return  # [K1]
+        # [A1] The first hop: only here is the publisher's key known, so only here can it be checked.
+        if policy and (refused := policy.refuses(peer or "?", head.sender, head.concerns)):
+            warnings.warn("%s dropped a message on '%s': %s", spec.name, head.topic, refused)
+            return
         send_frames(to_subscribers, frames)
-        if sender is None:
-            return  # not ours to keep; every subscriber drops it as malformed
-        if evicted := liveness.hear(sender):
-            forget(evicted)
-        if frames[0] == HEARTBEAT:
-            return  # "alive now" is not state: a late subscriber must not take it for a live sender
-        key = (frames[0], sender)
-        uncache(key)
-        last_values[key] = frames
-        cached_bytes += len(frames[0]) + len(frames[1])
-        while len(last_values) > LAST_VALUES_MAX or cached_bytes > LAST_VALUES_MAX_BYTES:
-            uncache(next(iter(last_values)))
+        now = time.monotonic()
+        if head.topic != HEARTBEAT_TOPIC:
+            kept.take(head.sender, head.life, head.topic, head.seq, frames, now)  # [C1]
+            return
+        topic = head.concerns.encode()
+        if not any(topic.startswith(prefix) for prefix in upstream):
+            return  # [K5] a heartbeat for a topic nobody has from us
+        if kept.receiver.heartbeat(head.sender, head.life, head.concerns, head.seq, now) is Beat.ASK:
+            ask(topic, head.sender)  # [C4]
 
-    def uncache(key: tuple[bytes, str]) -> None:
-        nonlocal cached_bytes
-        if frames := last_values.pop(key, None):
-            cached_bytes -= len(frames[0]) + len(frames[1])
-
-    def forget(sender: str) -> None:
-        for key in [key for key in last_values if key[1] == sender]:
-            uncache(key)
+    def ask(topic: bytes, sender: str) -> None:
+        """[R4] Our publishers answer a subscription; the XSUB sends an unsubscribe only for its last holder."""
+        log.info("%s asks again for '%s': %s has a newer state than we keep", spec.name, topic.decode(), sender)
+        from_publishers.send(b"\x01" + topic)
+        from_publishers.send(b"\x00" + topic)
 
     def expire() -> None:
-        for sender in liveness.gone():
-            log.info("%s forgot %s: no heartbeat for %gs", spec.name, sender, me.config.gone_after)
-            forget(sender)
+        for sender in kept.expire(time.monotonic()):  # [C3, F1]
+            log.info("%s forgot %s: not heard for %gs", spec.name, sender, config.gone_after)
 
     def on_subscription(frames: list[bytes]) -> None:
         subscription = Subscription.parse(frames)
@@ -81,20 +80,19 @@ def main(me: Identity, spec: BrokerConfig) -> int:
         prefix = subscription.prefix
         shown = f"'{prefix.decode()}'" if prefix else "all topics"
         log.info("%s %s %s", spec.name, "subscribe" if subscription.on else "unsubscribe", shown)
-        # Upstream, only the first subscribe and the last unsubscribe: the XSUB counts what it is sent, and
+        # [C5] Upstream, only the first subscribe and the last unsubscribe: the XSUB counts what it is sent, and
         # a publisher learns of a new subscriber anyway, from the last values we hand out below.
         if subscription.on and prefix not in upstream and len(upstream) < UPSTREAM_MAX:
             upstream.add(prefix)
-            from_publishers.send(frames[0])  # publishers re-send their state: how an empty cache fills
+            from_publishers.send(frames[0])  # publishers answer it [P2]: how an empty cache fills
         elif not subscription.on and prefix in upstream:
             upstream.discard(prefix)
             from_publishers.send(frames[0])
         if subscription.on:
-            for (topic, _), last in list(last_values.items()):
-                if topic.startswith(subscription.prefix):
-                    send_frames(to_subscribers, last)
+            for last in kept.matching(prefix.decode()):  # [C2]
+                send_frames(to_subscribers, last)
 
-    loop.on_message(from_publishers, forward, peer=loop.sockets.policy is not None)
+    loop.on_message(from_publishers, forward, peer=policy is not None)
     loop.on_message(to_subscribers, on_subscription)
-    loop.every(me.config.heartbeat_interval, expire)
+    loop.every(config.heartbeat_interval, expire)
     return loop.run()

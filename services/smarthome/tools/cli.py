@@ -127,16 +127,8 @@ def publish_endpoint(config: Config, topic: str) -> str:
 # --- topics and bodies ---
 
 
-def known_topics(config: Config) -> set[str]:
-    topics = set()
-    for service in config.services.values():
-        for _, spec in service.sockets():
-            topics |= {spec.topic} if isinstance(spec, Publish) else set(spec.topics)
-    return topics
-
-
 def check_topics(config: Config, topics: list[str], *also: str) -> None:
-    known = known_topics(config) | set(also)
+    known = set(config.topics) | set(also)
     if unknown := sorted(set(topics) - known):
         raise UsageError(f"unknown topic '{unknown[0]}' (known: {', '.join(sorted(known))})")
 
@@ -218,14 +210,17 @@ def sub(config: Config, topics: list[str], count: int, timeout: float | None, as
 
 
 def pub(config: Config, topic: str, body_json: str, timeout: float) -> int:
-    """Publish one message on `topic` once something subscribes to it there, so it is never lost."""
+    """Publish one message on `topic` once something subscribes to it there, so it is never lost [P3]."""
     check_topics(config, [topic])
     endpoint = publish_endpoint(config, topic)
     body = parse_body(config, topic, body_json)
     service = Loop(Identity("smarthome-cli", config, label="pub"))
     outcome = 0
 
-    def delivered() -> None:
+    def delivered() -> None:  # after the heartbeat that tells our life [P2]: the message is taken [L3]
+        if publisher.outbox.seq:
+            return  # sent already: another subscription in the same wakeup [K3]
+        publisher.publish(body)
         log.info("reached a subscriber to '%s' at %s", topic, endpoint)
         service.stop()
 
@@ -236,10 +231,9 @@ def pub(config: Config, topic: str, body_json: str, timeout: float) -> int:
         print(f"smarthome: nothing at {endpoint} subscribed to '{topic}' within {timeout:g}s{why}", file=sys.stderr)
         service.stop()
 
-    # The publisher re-sends its last message to each new subscriber: publish now, stop after the first one.
+    # Sent once, when the first subscriber to the topic is there: a command is never sent again [K3].
     publisher = service.publisher(Publish(topic, connect=endpoint), on_listener=delivered)
     publisher.sock.linger = SEND_LINGER_MS  # the one socket here that must deliver before it closes
-    publisher.publish(body)
     service.call_later(timeout, give_up)
     return service.run() or outcome
 

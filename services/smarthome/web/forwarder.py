@@ -2,9 +2,10 @@
 
 aiohttp serves the dashboard, /ws and /healthz on one port. A SUB socket (zmq.asyncio, on the same event
 loop as the browsers) receives every topic; each message goes to every connected browser as JSON
-{topic, sender, seq, ts, body}. Every browser has its own bounded queue: a browser that falls behind is
-closed and logged, and never slows the others or grows memory. Heartbeats mark senders online/offline;
-the forwarder tells the browsers as "presence" events. Browser commands are validated and published on
+{topic, sender, seq, ts, body}. A new browser first gets the opening view, then every browser has its own
+bounded queue: a browser that falls behind is closed and logged, and never slows the others or grows memory
+(docs/protocol.md, rules V). Heartbeats mark senders online/offline; the forwarder tells the browsers as
+"presence" events. Browser commands are validated and published on
 the light switches' commands topic; a bad one gets an "error" event back to that browser only.
 Who may connect at all, and how much each browser may send, is decided by web/guard.py.
 """
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +31,16 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from smarthome.core.config import WebConfig
 from smarthome.core.envelope import HEARTBEAT_TOPIC, LightState, Message
 from smarthome.core.identity import HEALTH_TOUCH_EVERY, Identity
-from smarthome.core.messaging import MAX_SENDERS, Inbox, Outbox, Subscription
+from smarthome.core.messaging import Outbox, Subscriber, Subscription
+from smarthome.core.protocol import Kind
 from smarthome.core.sockets import Handler, Sockets, guarded
 from smarthome.web.guard import Guard, TokenBucket, listen_host
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 MAX_COMMAND_BYTES = 1024
+GONE_SHOWN = 64  # [V3] forgotten senders kept in the opening view, the most recently gone
+GONE_SHOWN_FOR = 60  # [V3] seconds a forgotten sender stays in it
 
 
 class Command(msgspec.Struct, forbid_unknown_fields=True):
@@ -66,11 +71,13 @@ class Forwarder:
         self.spec = spec
         self.guard = Guard(spec)
         self.browsers: set[Browser] = set()
-        self.latest: dict[tuple[str, str], str] = {}  # (topic, sender) -> last event: a new page starts complete
-        self.online: dict[str, bool] = {}  # sender -> shown online; gone senders stay, shown offline
-        self.commands = Outbox(me, spec.commands.topic)  # what the light button publishes, and who listens
-        self.events = Outbox(me, "presence")  # the forwarder's own events to browsers: presence, error
-        self.inbox = Inbox(spec.name, spec.subscribe.topics, None, me.config.gone_after)
+        self.latest: dict[tuple[str, str], str] = {}  # (topic, sender) -> newest state: a new page starts complete
+        self.online: dict[str, bool] = {}  # sender -> shown online; gone senders stay a while, shown offline [V3]
+        self.gone_at: dict[str, float] = {}  # sender shown offline -> when it went, least recent first
+        commands = spec.commands.topic
+        self.commands = Outbox(me, commands, me.config.topics[commands])  # the light button's, and who listens
+        self.events = Outbox(me, "presence", Kind.EVENT)  # the forwarder's own events to browsers: presence, error
+        self.subscriber = Subscriber(spec.name, me.config, spec.subscribe.topics, None)
         self.tasks: set[asyncio.Task[None]] = set()
         self.done = asyncio.Event()  # set by SIGTERM/SIGINT, or by a background task that died
         self.failed = False
@@ -81,8 +88,8 @@ class Forwarder:
         """Open the zmq sockets on this event loop and start the background tasks."""
         self.context = zmq.asyncio.Context()
         self.sockets = sockets = Sockets(self.context, self.me, self.watch, zap=AsyncioAuthenticator)
-        self.inbox.policy = sockets.policy
-        sockets.subscribe(self.spec.subscribe, self.inbox, self.on_frames)
+        self.subscriber.policy = sockets.policy
+        sockets.subscribe(self.spec.subscribe, self.subscriber, self.on_frames)
         # Its subscription events tell whether a light switch listens right now.
         self.commands_sock = sockets.publisher(self.spec.commands)
         self.watch(self.commands_sock, self.on_command_subscription)
@@ -135,18 +142,21 @@ class Forwarder:
             callback()
 
     def on_frames(self, frames: list[bytes], peer: str | None) -> None:
-        gaps = self.inbox.gaps
-        accepted = self.inbox.accept(frames, peer)
+        gaps = self.subscriber.receiver.gaps
+        accepted = self.subscriber.accept(frames, peer)
         if not accepted:
             return
         message, _ = accepted
-        self.seen(message.sender, counted_a_gap=self.inbox.gaps != gaps)
+        self.seen(message.sender, counted_a_gap=self.subscriber.receiver.gaps != gaps)
         if message.topic != HEARTBEAT_TOPIC:  # heartbeats only feed presence
             self.send_all(message)
 
     def on_command_subscription(self, frames: list[bytes]) -> None:
         if subscription := Subscription.parse(frames):
             self.commands.heard(subscription)
+            if subscription.on and self.commands.concerns(subscription):
+                for answer in self.commands.answer():  # [P2] a heartbeat: our life is known before a command
+                    self.commands_sock.send_multipart(answer)
 
     def heartbeat(self) -> None:
         self.commands_sock.send_multipart(self.commands.heartbeat())  # like every publisher: alive, and its seq
@@ -154,24 +164,30 @@ class Forwarder:
     def seen(self, sender: str, counted_a_gap: bool) -> None:
         if counted_a_gap or not self.online.get(sender):
             self.online[sender] = True
+            self.gone_at.pop(sender, None)
             self.send_all(self.presence(sender))
 
     def check_presence(self) -> None:
-        for sender in self.inbox.expire():
+        now = time.monotonic()
+        for sender in self.subscriber.expire():  # [F1]
             self.online[sender] = False
+            self.gone_at[sender] = now
             log.info("%s %s is offline", self.spec.name, sender)
             self.send_all(self.presence(sender))
-        while len(self.online) > MAX_SENDERS:  # gone senders are kept (shown offline), but not without bound
-            offline = (sender for sender, online in self.online.items() if not online)
-            self.forget(next(offline, next(iter(self.online))))  # the oldest offline one, else the oldest
+        # [V3] The gone leave the opening view in time, and the least recently gone first past GONE_SHOWN (the
+        # alive are at most MAX_SENDERS: the receiver forgets past that [F3]).
+        while self.gone_at and (
+            len(self.gone_at) > GONE_SHOWN or next(iter(self.gone_at.values())) < now - GONE_SHOWN_FOR
+        ):
+            self.forget(next(iter(self.gone_at)))
 
     def forget(self, sender: str) -> None:
-        del self.online[sender]
-        for key in [key for key in self.latest if key[1] == sender]:
-            del self.latest[key]
+        del self.online[sender], self.gone_at[sender]
+        for topic in self.me.config.topics:
+            self.latest.pop((topic, sender), None)
 
     def presence(self, sender: str) -> Message:
-        missed = self.inbox.missed.get(sender, 0)
+        missed = self.subscriber.receiver.missed_of(sender)
         return self.events.message({"sender": sender, "online": self.online[sender], "missed": missed})
 
     # --- browser side -----------------------------------------------------------------------------------
@@ -181,7 +197,7 @@ class Forwarder:
 
     def send_all(self, message: Message) -> None:
         text = as_json(message)
-        if message.topic not in ("presence", "error"):
+        if self.me.config.topics.get(message.topic) is Kind.STATE:  # [V4] commands and events are not state
             self.latest[message.topic, message.sender] = text
         for browser in list(self.browsers):
             if browser.wants(message.topic):
@@ -207,12 +223,7 @@ class Forwarder:
         browser = Browser(ws, topics, self.spec.client_queue, request.remote or "?", self.guard.bucket())
         self.browsers.add(browser)
         log.info("%s browser %s connected (topics: %s)", self.spec.name, browser.peer, ",".join(topics) or "all")
-        for (topic, _), text in list(self.latest.items()):  # what a page needs to draw the current state
-            if browser.wants(topic):
-                self.offer(browser, text)
-        for sender in self.online:
-            self.offer(browser, as_json(self.presence(sender)))
-        writer = asyncio.create_task(self.write(browser))
+        writer = asyncio.create_task(self.write(browser, self.opening_view(browser)))
         try:
             async for frame in ws:
                 self.received(browser, frame)
@@ -223,8 +234,16 @@ class Forwarder:
                 log.info("%s browser %s disconnected", self.spec.name, browser.peer)
         return ws
 
-    async def write(self, browser: Browser) -> None:
+    def opening_view(self, browser: Browser) -> list[str]:
+        """[V1] What a page needs to draw the home as it is: the newest states, then who is online."""
+        view = [text for (topic, _), text in self.latest.items() if browser.wants(topic)]
+        return view + [as_json(self.presence(sender)) for sender in self.online]
+
+    async def write(self, browser: Browser, opening_view: list[str]) -> None:
+        """[V1, V2] The opening view first, outside the queue (it never counts as falling behind), then the queue."""
         with contextlib.suppress(ConnectionError):  # the browser went away; its handler cleans up
+            for text in opening_view:
+                await browser.ws.send_str(text)
             while True:
                 await browser.ws.send_str(await browser.queue.get())
 
@@ -287,7 +306,7 @@ def make_app(me: Identity, spec: WebConfig) -> web.Application:
                 await browser.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
 
     async def healthz(request: web.Request) -> web.Response:
-        missed = forwarder.inbox.missed  # per sender: messages the forwarder never got (see Inbox)
+        missed = forwarder.subscriber.receiver.missed()  # per sender: messages the forwarder never got [G5]
         return web.json_response({"ok": True, "browsers": len(forwarder.browsers), "missed": missed})
 
     app.cleanup_ctx.append(zmq_sockets)
