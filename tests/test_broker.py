@@ -13,6 +13,7 @@ import pytest
 import yaml
 import zmq
 from smarthome.core.envelope import Message, encode
+from smarthome.core.protocol import RESYNC_MAX
 from support import (
     ALL_READY,
     BROKER_CONFIG,
@@ -127,3 +128,68 @@ async def test_the_dashboard_knows_when_no_light_switch_listens_through_the_brok
         left = "BROKER unsubscribe 'light-set'"
         await wait_until_async(lambda: broker.count(left), "the switch to leave", describe=broker.output)
         assert (await command_reply(ws))["body"] == {"error": "no light switch is listening"}
+
+
+def test_the_broker_keeps_no_command_no_replaced_life_and_nothing_of_a_sender_it_forgot(
+    tmp_path: Path, run_service: Start, context: zmq.Context
+) -> None:
+    config = loopback_config(tmp_path, BROKER_CONFIG, heartbeat_interval=0.2, offline_after=3)
+    broker = run_service("broker", config)
+    probe = with_key(context.socket(zmq.SUB), config, server="broker")  # a subscriber: the broker passes it on
+    probe.subscribe(b"")
+    probe.connect(endpoint(config, "broker", "subscribers"))
+    broker.wait_for("subscribe all topics")
+    publisher = with_key(context.socket(zmq.PUB), config, server="broker")  # the host tools' key: any topic
+    publisher.connect(endpoint(config, "broker", "publishers"))
+    command = encode(Message("light-set", "web@test", 1, 1, time.time(), {"state": "OFF"}))
+    replaced = encode(Message("toast", "toaster@test", 1, 1, time.time(), {"status": True}))
+    gone = encode(Message("coffee", "coffee-maker@test", 1, 1, time.time(), {"status": True}))
+
+    def sent(frames: list[bytes]) -> bool:  # PUB drops until connected: send until the probe has it
+        publisher.send_multipart(frames)
+        return probe.poll(100) and probe.recv_multipart() == frames
+
+    for frames in (command, replaced, gone):
+        wait_until(lambda f=frames: sent(f), "the broker to forward it")
+    new_life = encode(Message("heartbeat", "toaster@test", 2, 0, time.time(), {"for": "toast"}))
+    wait_until(lambda: sent(new_life), "the new life's heartbeat")
+
+    def handed_out() -> list[list[bytes]]:
+        late = with_key(context.socket(zmq.SUB), config, server="broker")
+        late.subscribe(b"")
+        late.connect(endpoint(config, "broker", "subscribers"))
+        got = [late.recv_multipart() for _ in range(3) if late.poll(1000)]  # ok: how long the broker may take
+        late.close()
+        return got
+
+    assert handed_out() == [gone]  # no command [C1], nothing of the life a heartbeat replaced [C3]
+    broker.wait_for("BROKER forgot coffee-maker@test")
+    assert handed_out() == []  # nothing of a sender it forgot [F1]
+
+
+def test_the_broker_asks_its_publishers_again_when_it_keeps_less_than_a_heartbeat_says(
+    tmp_path: Path, run_service: Start, context: zmq.Context
+) -> None:
+    config = loopback_config(tmp_path, BROKER_CONFIG, heartbeat_interval=0.2, offline_after=3)
+    broker = run_service("broker", config)
+    toaster = with_key(context.socket(zmq.XPUB), config, "toaster", server="broker")
+    toaster.xpub_verbose = True  # repeats too: an ask is a subscription the toaster already has
+    toaster.connect(endpoint(config, "broker", "publishers"))
+    mirror = with_key(context.socket(zmq.SUB), config, server="broker")
+    mirror.subscribe(b"toast")
+    mirror.subscribe(b"heartbeat")
+    mirror.connect(endpoint(config, "broker", "subscribers"))
+    said: list[bytes] = []
+
+    def listen(seconds: float) -> bool:
+        while toaster.poll(int(seconds * 1000)):
+            said.append(toaster.recv())
+        return b"\x01toast" in said
+
+    wait_until(lambda: listen(0.1), "the mirror's subscription through the broker", describe=broker.output)
+    for _ in range(10):  # ten heartbeat intervals: 'my newest toast is seq 3', which never comes
+        toaster.send_multipart(encode(Message("heartbeat", "toaster@x", 7, 3, time.time(), {"for": "toast"})))
+        listen(0.2)
+    asks = said.count(b"\x01toast") - 1
+    assert 1 <= asks <= RESYNC_MAX, broker.output()  # [C4, R3]
+    assert broker.count("BROKER asks again for 'toast'") == asks

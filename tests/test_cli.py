@@ -137,10 +137,14 @@ def test_sub_stops_quietly_when_its_reader_goes(tmp_path: Path, run_service: Sta
     reader = subprocess.Popen(
         [SMARTHOME, "sub"], env=smarthome_env(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    assert reader.stdout.readline().startswith("heartbeat light-switch@")  # the life first, then its state [P2]
-    reader.stdout.close()
-    assert reader.wait(15) == 0
-    assert reader.stderr.read() == ""
+    try:
+        assert reader.stdout.readline().startswith("heartbeat light-switch@")  # the life first, then its state [P2]
+        reader.stdout.close()
+        assert reader.wait(15) == 0
+        assert reader.stderr.read() == ""
+    finally:
+        reader.kill()  # no effect once it has exited; a failed test leaves no `smarthome sub` behind
+        reader.wait()
 
 
 def test_pub_checks_the_body_against_the_topics_type(config: Path, direct: Path) -> None:

@@ -66,7 +66,7 @@ class Stream:
         return missed
 
     def forget(self) -> None:
-        """[F1, F2] The sender went: no state held, but `counted` stays, should this life come back."""
+        """[F1, F2] The sender went: the state it held is dropped, `counted` stays, should this life come back."""
         self.held = 0
         self.behind_since, self.asks = None, 0
 
@@ -128,6 +128,7 @@ class Receiver:
     ) -> None:
         self.kinds = kinds
         self.gone_after = gone_after
+        self.quiet_after = 2 * heartbeat_interval  # [L5] a current life not heard for this long may have stopped
         self.resync = Resync(heartbeat_interval)
         self.on_gap = on_gap
         self.max_senders = max_senders
@@ -179,7 +180,7 @@ class Receiver:
         """The sender `name` whose `life` is current from now on, or None if it must not be [L3-L5]."""
         sender = self.alive.get(name)
         if sender is not None:  # alive with another life
-            if not proven or life in sender.retired:
+            if not proven or (life in sender.retired and now - sender.heard <= self.quiet_after):
                 return None  # [L4, L5]
             sender.retired = (sender.life, *sender.retired)[:RETIRED_MAX]
             sender.live(life)  # [L3]
@@ -207,8 +208,9 @@ class Receiver:
         """[F1, F2] `name` is no longer alive: nothing held, no retired life, but remembered as it was."""
         sender = self.alive.pop(name)
         sender.retired = ()
-        for stream in sender.streams.values():
-            stream.forget()
+        for topic, stream in sender.streams.items():
+            if self.kinds.get(topic) is Kind.STATE:  # a command's seq stays: it is never acted on twice [G2]
+                stream.forget()
         self.forgotten[name] = sender
         self.forgotten.move_to_end(name)
         if len(self.forgotten) > self.max_senders:
@@ -260,6 +262,9 @@ class LastValues:
         self._bytes += len(frames[0]) + len(frames[1])
         while len(self._kept) > LAST_VALUES_MAX or self._bytes > LAST_VALUES_MAX_BYTES:  # [C6]
             self._drop(next(iter(self._kept)))
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
     def _drop(self, key: tuple[str, str]) -> None:
         if kept := self._kept.pop(key, None):

@@ -1,0 +1,210 @@
+"""docs/protocol.md end to end, on real processes over real sockets (fast tier, no Docker): the stories that
+broke the home while it ordered lives by their clocks, replayed commands as state and asked again forever.
+
+Clocks are moved per process with libfaketime (the wheel ships the library): only the wall clock moves, the
+monotonic clock every timeout runs on does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import libfaketime
+import pytest
+import yaml
+import zmq
+from smarthome.core.envelope import Message, encode
+from smarthome.core.protocol import RESYNC_MAX
+from smarthome.web.forwarder import GONE_SHOWN
+from support import (
+    ALL_IDLE,
+    ALL_READY,
+    BROKER_CONFIG,
+    DEADLINE,
+    SHIPPED_CONFIG,
+    ServiceProcess,
+    endpoint,
+    loopback_config,
+    smarthome,
+    wait_until,
+    wait_until_async,
+    with_key,
+)
+
+Start = Callable[..., ServiceProcess]
+FAST = {"heartbeat_interval": 0.2, "offline_after": 3, "zmtp.heartbeat_ivl": 0.2, "zmtp.heartbeat_timeout": 0.6}
+PREP = {"services.coffee-maker.prep_time": 0, "services.toaster.prep_time": 0}
+
+
+def clock(offset: str, instance: str | None = None) -> dict[str, str]:
+    """The environment of a process whose wall clock is `offset` ('+600s', '-600s') from everyone else's."""
+    env = {**libfaketime.get_reload_information()[1], "FAKETIME": offset}
+    return env | ({"SMARTHOME_INSTANCE": instance} if instance else {})
+
+
+def newest(config: Path, topic: str) -> dict:
+    """The current message on `topic`, as `smarthome sub TOPIC --json --count 1` prints it."""
+    return json.loads(smarthome(config, "sub", topic, "--json", "--count", "1").stdout)
+
+
+@pytest.mark.parametrize("source", [SHIPPED_CONFIG, BROKER_CONFIG], ids=["direct", "broker"])
+def test_services_whose_clocks_are_ten_minutes_apart_work_fully_both_ways(
+    tmp_path: Path, run_service: Start, source: Path
+) -> None:
+    config = loopback_config(tmp_path, source, **PREP)
+    names = yaml.safe_load(config.read_text())["services"]
+    skewed = {"light-switch": "+600s", "toaster": "-600s", "broker": "+600s"}  # ahead of, behind, the others
+    services = {
+        name: run_service(name, config, env=clock(skewed[name]) if name in skewed else None)
+        for name in ("broker", "light-switch", "coffee-maker", "toaster", "smart-mirror")
+        if name in names
+    }
+    assert newest(config, "light")["ts"] > time.time() + 500  # the clocks really are moved
+    assert newest(config, "toast")["ts"] < time.time() - 500
+    mirror = services["smart-mirror"]
+    mirror.wait_for(ALL_READY)  # the switch (+10 min) reached the toaster (-10 min), the toaster the mirror
+    assert smarthome(config, "light", "off").returncode == 0  # the tools' clock is the host's
+    wait_until(lambda: mirror.last("MIRROR coffee=") == ALL_IDLE, "everything idle", describe=mirror.output)
+    assert not [line for line in mirror.lines + services["toaster"].lines if "WARNING" in line]
+
+
+def test_a_sender_back_under_its_old_name_with_an_earlier_clock_is_taken_at_its_first_heartbeat(
+    tmp_path: Path, run_service: Start
+) -> None:
+    # Forgetting would take 30 s: what the mirror shows of the new life within DEADLINE it took from its life.
+    config = loopback_config(tmp_path, heartbeat_interval=1, offline_after=30, **PREP)
+    for name in ("light-switch", "coffee-maker"):
+        run_service(name, config)
+    toaster = run_service("toaster", config, env={"SMARTHOME_INSTANCE": "kitchen"})
+    mirror = run_service("smart-mirror", config)
+    mirror.wait_for(ALL_READY)
+    toaster.proc.send_signal(signal.SIGKILL)  # a crash; Docker's restart keeps the hostname
+    toaster.proc.wait()
+    shown = mirror.count("Topic: TOASTER")
+    run_service("toaster", config, env=clock("-3600s", instance="kitchen"))  # an hour behind its last life
+    mirror.wait_for("Topic: TOASTER", times=shown + 1)  # the new life's state: its seq 1 or 2 follows our 2
+    assert "forgot" not in mirror.output()
+
+
+async def test_a_restarted_light_switch_never_replays_an_older_command_over_a_newer_one(
+    tmp_path: Path, run_service: Start
+) -> None:
+    config = loopback_config(tmp_path, BROKER_CONFIG, heartbeat_interval=0.2, offline_after=3)
+    broker, web = run_service("broker", config), run_service("web", config)
+    switch = run_service("light-switch", config, env={"SMARTHOME_INSTANCE": "bath"})
+    port = yaml.safe_load(config.read_text())["services"]["web"]["port"]
+    async with aiohttp.ClientSession() as session:
+        await wait_until_async(lambda: web.count("WEB started"), "the web", describe=web.output)
+        async with session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+            await wait_until_async(lambda: broker.count("subscribe 'light-set'"), "the switch", describe=broker.output)
+            await ws.send_str('{"command": "light", "state": "OFF"}')  # the dashboard first
+            await wait_until_async(lambda: switch.count("switched OFF by web@"), "OFF", describe=switch.output)
+            assert (await asyncio.to_thread(smarthome, config, "light", "on")).returncode == 0  # then the user
+            switch.wait_for("switched ON by smarthome-cli@")
+            broker.wait_for("BROKER forgot smarthome-cli@")  # the tool has gone; the web heartbeats on
+            switch.proc.send_signal(signal.SIGKILL)
+            switch.proc.wait()
+            again = run_service("light-switch", config, env={"SMARTHOME_INSTANCE": "bath"})
+            again.wait_for("BATHROOM LIGHT published 'light is ON' (seq 1)")  # it starts as a switch starts: ON
+            # Its subscription reached the broker, which answered with whatever it keeps [C2]; then a command.
+            await wait_until_async(lambda: broker.count("subscribe 'light-set'") >= 2, "it", describe=broker.output)
+            while not again.count("switched ON by web@"):  # until the web, too, knows the switch listens
+                await ws.send_str('{"command": "light", "state": "ON"}')
+                await wait_until_async(lambda: again.count("switched ON by web@") or web.count("listening"), "it")
+    assert not again.count("switched OFF"), again.output()  # no command was replayed to it [K3, C1]
+
+
+async def test_after_300_instances_come_and_go_a_new_browser_gets_the_current_view_and_stays(
+    tmp_path: Path, run_service: Start, context: zmq.Context
+) -> None:
+    changes = {"services.web.client_queue": 64, **FAST}
+    config = loopback_config(tmp_path, **changes)
+    web, switch = run_service("web", config), run_service("light-switch", config)
+    fleet = with_key(context.socket(zmq.XPUB), config, "toaster")  # the web pins the toaster's key here
+    fleet.bind(endpoint(config, "toaster"))
+    wait_until(lambda: fleet.poll(100) and fleet.recv(), "the web's subscription", describe=web.output)
+    for i in range(300):  # each says it is alive and ready, once, and is never heard again
+        sender = f"toaster@{i}"
+        fleet.send_multipart(encode(Message("heartbeat", sender, 1, 1, time.time(), {"for": "toast"})))
+        fleet.send_multipart(encode(Message("toast", sender, 1, 1, time.time(), {"status": True})))
+    web.wait_for("is offline", times=300)
+    port = yaml.safe_load(config.read_text())["services"]["web"]["port"]
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+        opening: list[dict] = []
+        while not any(e["topic"] == "light" for e in opening):  # the switch's state is in the view [V1]
+            opening.append(json.loads((await asyncio.wait_for(ws.receive(), DEADLINE)).data))
+        await ws.send_str('{"command": "light", "state": "OFF"}')
+        while (event := json.loads((await asyncio.wait_for(ws.receive(), DEADLINE)).data))["topic"] != "light":
+            opening.append(event)
+        assert event["body"] == {"state": "OFF"}  # live, after the opening view: still connected [V2]
+    assert len([e for e in opening if e["topic"] == "toast"]) <= GONE_SHOWN  # the gone leave the view [V3]
+    assert len([e for e in opening if e["topic"] == "presence"]) <= GONE_SHOWN + 1  # and the switch
+    assert not web.count("dropped browser"), web.output()
+    switch.wait_for("switched OFF by web@")
+
+
+class FakeCoffeeMaker:
+    """A test-owned publisher on the coffee maker's endpoint that sees every subscription, repeats included."""
+
+    def __init__(self, context: zmq.Context, config: Path) -> None:
+        self.sock = with_key(context.socket(zmq.XPUB), config, "coffee-maker")
+        self.sock.xpub_verbose = True
+        self.sock.bind(endpoint(config, "coffee-maker"))
+
+    def subscribed(self) -> None:
+        wait_until(lambda: self.sock.poll(100) and self.sock.recv() == b"\x01coffee", "the mirror's subscription")
+
+    def subscriptions(self, timeout: float) -> list[bytes]:
+        """What subscribers said within `timeout` seconds."""
+        said, deadline = [], time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if self.sock.poll(int(left * 1000) + 1):
+                said.append(self.sock.recv())
+        return said
+
+    def heartbeat(self, seq: int) -> None:
+        self.sock.send_multipart(encode(Message("heartbeat", "coffee-maker@t", 1, seq, time.time(), {"for": "coffee"})))
+
+    def state(self, seq: int, ready: bool) -> None:
+        self.sock.send_multipart(encode(Message("coffee", "coffee-maker@t", 1, seq, time.time(), {"status": ready})))
+
+
+def test_a_subscriber_that_hears_of_a_state_it_does_not_hold_asks_a_bounded_number_of_times(
+    tmp_path: Path, run_service: Start, context: zmq.Context
+) -> None:
+    config = loopback_config(tmp_path, **FAST)
+    fake = FakeCoffeeMaker(context, config)
+    mirror = run_service("smart-mirror", config)
+    fake.subscribed()
+    said = []
+    for _ in range(30):  # 6 s of heartbeats, 10 times the time after which a sender is forgotten
+        fake.heartbeat(5)  # "my newest coffee is seq 5", which it never sends
+        said += fake.subscriptions(0.2)
+    asked = said.count(b"\x01coffee")
+    assert 1 <= asked <= RESYNC_MAX, mirror.output()  # it asked, then stopped [R3]
+    assert mirror.count("asks again for 'coffee'") == asked
+    assert b"\x00coffee" not in said  # an ask never unsubscribes [R4]
+
+
+def test_a_state_lost_on_the_way_is_asked_for_and_taken(
+    tmp_path: Path, run_service: Start, context: zmq.Context
+) -> None:
+    config = loopback_config(tmp_path, **FAST)
+    fake = FakeCoffeeMaker(context, config)
+    mirror = run_service("smart-mirror", config)
+    fake.subscribed()
+    fake.heartbeat(1)  # seq 1 was sent while the mirror could not get it
+    deadline = time.monotonic() + DEADLINE
+    while not mirror.count('Topic: COFFEE MAKER => {"status": true}'):  # bounded by the deadline
+        assert time.monotonic() < deadline, mirror.output()
+        fake.heartbeat(1)
+        if b"\x01coffee" in fake.subscriptions(0.2):  # asked: answer as a publisher does [P2]
+            fake.heartbeat(1)
+            fake.state(1, ready=True)
+    mirror.wait_for("MIRROR coffee=ready")
