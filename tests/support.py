@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import smarthome as code_package
 import yaml
 import zmq
 from smarthome.core.config import load_config
@@ -186,14 +187,15 @@ def endpoint(config_path: Path, service: str, key: str = "publish.bind") -> str:
 
 def smarthome_env(config: Path) -> dict[str, str]:
     """The environment for `python -m smarthome ...` on loopback with `config` (and its keys, whatever
-    --config a command is given)."""
+    --config a command is given), running the very code the tests import (under mutation testing: the mutants)."""
+    code = str(Path(code_package.__file__).resolve().parents[1])
     return {
         **os.environ,
         "SMARTHOME_CONFIG": str(config),
         "SMARTHOME_KEYS": str(config.resolve().parent.parent / "keys"),  # where keys_dir() looks for `config`
         "SMARTHOME_LOOPBACK": "1",
         "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": str(ROOT / "services"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [code, os.environ.get("PYTHONPATH")])),
     }
 
 

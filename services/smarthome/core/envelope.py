@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Annotated, Any, Generic, Literal, NamedTuple, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -62,45 +62,42 @@ class _For(msgspec.Struct, frozen=True):
     topic: str = msgspec.field(name="for")
 
 
-class _HeadJson(msgspec.Struct, frozen=True):
+class Head(msgspec.Struct, frozen=True):
+    """What the broker reads of a message, its body skipped: enough for the rules A, L, G and C."""
+
     sender: Sender
     life: Life
     seq: Counter
 
 
-class _HeartbeatJson(_HeadJson, frozen=True):
+class _HeartbeatHead(Head, frozen=True):
     body: _For
 
 
-_head_decoders = {False: msgspec.json.Decoder(_HeadJson), True: msgspec.json.Decoder(_HeartbeatJson)}
+_head = msgspec.json.Decoder(Head).decode
+_heartbeat_head = msgspec.json.Decoder(_HeartbeatHead).decode
 
 
-class Head(NamedTuple):
-    """What the broker reads of a message, its body skipped: enough for the rules A, L, G and C."""
-
-    topic: str
-    sender: str
-    life: int
-    seq: int
-    concerns: str  # the topic itself, or the one a heartbeat is `for` [K5]
-
-
-def decode_head(frames: list[bytes]) -> Head:
-    """The envelope of `frames` without its body (but a heartbeat's `for`), or EnvelopeError saying why [M8]."""
+def decode_head(frames: list[bytes]) -> tuple[str, str, Head]:
+    """(topic, the topic it concerns, head) of `frames`, or EnvelopeError saying why [M8]. A message concerns
+    its own topic, a heartbeat the one it is `for` [K5]; the body is skipped (a heartbeat's `for` apart)."""
     topic = topic_of(frames)
     if topic is None:
         raise EnvelopeError("not [topic, json] with a topic name")
-    heartbeat = topic == HEARTBEAT_TOPIC
     try:
-        j = _head_decoders[heartbeat].decode(frames[1])
+        if topic == HEARTBEAT_TOPIC:
+            beat = _heartbeat_head(frames[1])
+            head, concerns = beat, beat.body.topic
+        else:
+            head, concerns = _head(frames[1]), topic
     except msgspec.ValidationError as exc:
         problem, key = explain(exc)
         raise EnvelopeError(f"topic '{topic}': {problem}" + (f" at '{key}'" if key else "")) from None
     except (msgspec.DecodeError, RecursionError):  # deep JSON: RecursionError
         raise EnvelopeError(f"topic '{topic}': not valid JSON") from None
-    if not _is_sender(j.sender):
-        raise EnvelopeError(f"topic '{topic}': sender {j.sender[:80]!r} is not service@instance")
-    return Head(topic, j.sender, j.life, j.seq, j.body.topic if heartbeat else topic)
+    if not _is_sender(head.sender):
+        raise EnvelopeError(f"topic '{topic}': sender {head.sender[:80]!r} is not service@instance")
+    return topic, concerns, head
 
 
 def encode(message: Message) -> list[bytes]:

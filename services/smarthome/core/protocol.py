@@ -254,10 +254,12 @@ class LastValues:
         self._bytes = 0
 
     def take(self, name: str, life: int, topic: str, seq: int, frames: list[bytes], now: float) -> None:
-        if not self.receiver.take(name, life, topic, seq, now) or self.receiver.kinds.get(topic) is not Kind.STATE:
+        receiver = self.receiver
+        if not receiver.take(name, life, topic, seq, now) or receiver.kinds.get(topic) is not Kind.STATE:
             return  # [C1] only what is taken, and only state
         key = (topic, name)
-        self._drop(key)
+        if key in self._kept:
+            self._drop(key)
         self._kept[key] = (life, frames)
         self._bytes += len(frames[0]) + len(frames[1])
         while len(self._kept) > LAST_VALUES_MAX or self._bytes > LAST_VALUES_MAX_BYTES:  # [C6]

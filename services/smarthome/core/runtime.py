@@ -131,6 +131,30 @@ class Loop:
         self.every(config.heartbeat_interval, expire)
         return subscriber
 
+    def restore(self, spec: Subscribe, body_type: type[Body], then: Callable[[Body | None], None]) -> None:
+        """[P4] Start from the state a broker keeps under our own name from a life before ours: `then(body)` with
+        the first such message on `spec.topics` within one heartbeat_interval, else `then(None)`. Nothing of
+        ours is published before: the broker hands out an earlier life's state only until ours is heard [C3]."""
+        decided = False
+
+        def decide(body: Body | None) -> None:
+            nonlocal decided
+            if decided:
+                return
+            decided = True
+            wait.cancel()
+            for sock in subscriber.socks:  # nothing more to hear here
+                for topic in subscriber.subscriptions:
+                    sock.unsubscribe(topic)
+            then(body)
+
+        def kept(message: Message, body: Body | None) -> None:
+            if message.sender == self.me.sender and message.life != self.me.life:
+                decide(body)
+
+        subscriber = self.subscribe(spec, body_type, kept)
+        wait = self.call_later(self.me.config.heartbeat_interval, lambda: decide(None))
+
     # --- timers ------------------------------------------------------------------------------------
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:

@@ -41,27 +41,26 @@ def main(me: Identity, spec: BrokerConfig) -> int:
 
     def forward(frames: list[bytes], peer: str | None = None) -> None:
         try:
-            head = decode_head(frames)
+            topic, concerns, head = decode_head(frames)
         except EnvelopeError as exc:
             warnings.warn("%s dropped a malformed message: %s", spec.name, exc)
             return
-        if head.concerns not in config.topics:
-            warnings.warn("%s dropped a message on '%s': not a declared topic", spec.name, head.concerns)
+        if concerns not in config.topics:
+            warnings.warn("%s dropped a message on '%s': not a declared topic", spec.name, concerns)
             return  # [K1]
         # [A1] The first hop: only here is the publisher's key known, so only here can it be checked.
-        if policy and (refused := policy.refuses(peer or "?", head.sender, head.concerns)):
-            warnings.warn("%s dropped a message on '%s': %s", spec.name, head.topic, refused)
+        if policy and (refused := policy.refuses(peer or "?", head.sender, concerns)):
+            warnings.warn("%s dropped a message on '%s': %s", spec.name, topic, refused)
             return
         send_frames(to_subscribers, frames)
-        now = time.monotonic()
-        if head.topic != HEARTBEAT_TOPIC:
-            kept.take(head.sender, head.life, head.topic, head.seq, frames, now)  # [C1]
+        if topic != HEARTBEAT_TOPIC:
+            kept.take(head.sender, head.life, topic, head.seq, frames, time.monotonic())  # [C1]
             return
-        topic = head.concerns.encode()
-        if not any(topic.startswith(prefix) for prefix in upstream):
+        wanted = concerns.encode()
+        if not any(wanted.startswith(prefix) for prefix in upstream):
             return  # [K5] a heartbeat for a topic nobody has from us
-        if kept.receiver.heartbeat(head.sender, head.life, head.concerns, head.seq, now) is Beat.ASK:
-            ask(topic, head.sender)  # [C4]
+        if kept.receiver.heartbeat(head.sender, head.life, concerns, head.seq, time.monotonic()) is Beat.ASK:
+            ask(wanted, head.sender)  # [C4]
 
     def ask(topic: bytes, sender: str) -> None:
         """[R4] Our publishers answer a subscription; the XSUB sends an unsubscribe only for its last holder."""

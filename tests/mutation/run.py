@@ -1,0 +1,94 @@
+"""Mutation testing: mutmut mutates services/smarthome/core and roles, and the fast tier must notice.
+
+    .venv/bin/python tests/mutation/run.py [--max-children N]      (pip install -e '.[mutation]' first)
+
+mutmut wants the code in src/ beside tests/, so the run happens in a copy of the project laid out so, in
+.mutation/ (ignored by git; mutmut resumes there where it stopped, and re-tests what changed). The services the
+tests start as processes of their own run the mutants too, and what they reach is credited to the test that
+started them (sitecustomize.py, hits.py). Prints the score and every survivor; writes
+tests/mutation/results.md. Slow (hours on two cores): not part of .ci/run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+WORKSPACE = ROOT / ".mutation"
+MUTATE = ["src/smarthome/core/*", "src/smarthome/roles/*"]
+COPIED = ["tests", "config", "docs", "README.md", "Dockerfile", "requirements.txt", ".ci", "swarm"]
+
+
+def settings() -> str:
+    return f"""
+[tool.mutmut]
+source_paths = ["src/smarthome"]
+only_mutate = {MUTATE!r}
+pytest_add_cli_args_test_selection = ["tests/", "-m", "not docker"]
+pytest_add_cli_args = ["-p", "hits", "-p", "no:cacheprovider", "--timeout", "120"]
+also_copy = {[*COPIED, "docker-compose.yml", "docker-compose.broker.yml", "docker-compose.swarm.yml"]!r}
+"""
+
+
+def workspace() -> None:
+    """The project as mutmut wants it, refreshed from the checkout (unchanged files keep their times)."""
+    src = WORKSPACE / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ROOT / "services" / "smarthome", src / "smarthome", dirs_exist_ok=True)
+    for name in [*COPIED, *(p.name for p in ROOT.glob("docker-compose*.yml"))]:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, WORKSPACE / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, WORKSPACE / name)
+    (WORKSPACE / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + settings())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--only", nargs="*", default=MUTATE, help="globs under src/ to mutate (default: %(default)s)")
+    options = parser.parse_args()
+    MUTATE[:] = options.only
+    workspace()
+    mutmut = str(Path(sys.executable).with_name("mutmut"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    env["MUTMUT_HITS_DIR"] = str(WORKSPACE / "mutants" / "hits")
+    subprocess.run([mutmut, "run", "--max-children", str(options.max_children)], cwd=WORKSPACE, env=env, check=False)
+    results = subprocess.run(
+        [mutmut, "results", "--all", "true"], cwd=WORKSPACE, env=env, capture_output=True, text=True
+    )
+    report(results.stdout)
+
+
+def report(results: str) -> None:
+    statuses = dict(re.findall(r"^\s+(\S+): (.+)$", results, re.M))
+    killed = sum(status == "killed" for status in statuses.values())
+    survivors = sorted(name for name, status in statuses.items() if status != "killed")
+    score = killed / len(statuses) if statuses else 0.0
+    lines = [
+        "# Mutation testing: what the fast tier notices",
+        "",
+        "- command: `python tests/mutation/run.py`",
+        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- mutated: {', '.join('services/' + m.removeprefix('src/') for m in MUTATE)}",
+        f"- mutants: {len(statuses)}, killed {killed}: **{score:.1%}**",
+        "",
+        "| survivor | status |",
+        "|---|---|",
+        *(f"| `{name}` | {statuses[name]} |" for name in survivors),
+    ]
+    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
