@@ -190,13 +190,20 @@ class FakeCoffeeMaker:
         self.sock.send_multipart(encode(Message("coffee", "coffee-maker@t", 1, seq, time.time(), {"status": ready})))
 
 
-def test_a_subscriber_that_hears_of_a_state_it_does_not_hold_asks_a_bounded_number_of_times(
-    tmp_path: Path, run_service: Start, context: zmq.Context
-) -> None:
+@pytest.fixture
+def watched(tmp_path: Path, run_service: Start, context: zmq.Context) -> tuple[FakeCoffeeMaker, ServiceProcess]:
+    """A fake coffee maker, and the real mirror subscribed to it."""
     config = loopback_config(tmp_path, **FAST)
     fake = FakeCoffeeMaker(context, config)
     mirror = run_service("smart-mirror", config)
     fake.subscribed()
+    return fake, mirror
+
+
+def test_a_subscriber_that_hears_of_a_state_it_does_not_hold_asks_a_bounded_number_of_times(
+    watched: tuple[FakeCoffeeMaker, ServiceProcess],
+) -> None:
+    fake, mirror = watched
     said = []
     for _ in range(30):  # 6 s of heartbeats, 10 times the time after which a sender is forgotten
         fake.heartbeat(5)  # "my newest coffee is seq 5", which it never sends
@@ -207,13 +214,8 @@ def test_a_subscriber_that_hears_of_a_state_it_does_not_hold_asks_a_bounded_numb
     assert b"\x00coffee" not in said  # an ask never unsubscribes [R4]
 
 
-def test_a_state_lost_on_the_way_is_asked_for_and_taken(
-    tmp_path: Path, run_service: Start, context: zmq.Context
-) -> None:
-    config = loopback_config(tmp_path, **FAST)
-    fake = FakeCoffeeMaker(context, config)
-    mirror = run_service("smart-mirror", config)
-    fake.subscribed()
+def test_a_state_lost_on_the_way_is_asked_for_and_taken(watched: tuple[FakeCoffeeMaker, ServiceProcess]) -> None:
+    fake, mirror = watched
     fake.heartbeat(1)  # seq 1 was sent while the mirror could not get it
     deadline = time.monotonic() + DEADLINE
     while not mirror.count('Topic: COFFEE MAKER => {"status": true}'):  # bounded by the deadline
