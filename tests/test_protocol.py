@@ -23,13 +23,18 @@ from smarthome.roles import broker
 from smarthome.web import forwarder
 
 KINDS = {"light": Kind.STATE, "light-set": Kind.COMMAND}
-INTERVAL = 1.0
-GONE_AFTER = 3.0
+INTERVAL = 0.5  # heartbeat_interval: not 1, so that a rule that multiplied where it should divide is seen
+GONE_AFTER = 3 * INTERVAL
 A, B, C = 101, 202, 303  # lives: random in the real thing; their order means nothing [M4]
 
 
 def receiver(**kwargs: Any) -> Receiver:
     return Receiver(KINDS, GONE_AFTER, INTERVAL, **kwargs)
+
+
+def asks(r: Receiver, seq: int, start: float, beats: int = 12) -> int:
+    """How many of `beats` heartbeats of switch@h's life A, one per interval from `start`, ask again."""
+    return sum(r.heartbeat("switch@h", A, "light", seq, now=start + i * INTERVAL) is Beat.ASK for i in range(beats))
 
 
 # --- the rules, one story each ---
@@ -38,10 +43,10 @@ def receiver(**kwargs: Any) -> Receiver:
 def test_a_heartbeat_of_a_new_life_replaces_the_current_one_whatever_the_lives_are() -> None:  # [L3]
     r = receiver()
     assert r.take("switch@h", B, "light", 5, now=0)
-    assert r.heartbeat("switch@h", A, "light", 0, now=0.5) is Beat.TAKEN  # A < B: no order in lives
+    assert r.heartbeat("switch@h", A, "light", 0, now=0.1) is Beat.TAKEN  # A < B: no order in lives
     assert r.life_of("switch@h") == A
-    assert r.take("switch@h", A, "light", 1, now=0.6)  # its seq starts afresh [G3]
-    assert not r.take("switch@h", B, "light", 6, now=0.7)  # the life it replaced: dropped [L4]
+    assert r.take("switch@h", A, "light", 1, now=0.2)  # its seq starts afresh [G3]
+    assert not r.take("switch@h", B, "light", 6, now=0.3)  # the life it replaced: dropped [L4]
 
 
 def test_a_message_of_another_life_waits_for_that_life_to_be_proven_by_a_heartbeat() -> None:  # [L4]
@@ -49,19 +54,21 @@ def test_a_message_of_another_life_waits_for_that_life_to_be_proven_by_a_heartbe
     assert r.take("switch@h", A, "light", 7, now=0)
     assert not r.take("switch@h", B, "light", 1, now=0.1)  # an older life's state from a cache, or a new one early
     assert r.life_of("switch@h") == A
-    assert r.expire(now=3.05) == ["switch@h"]  # heard at 0: the dropped message at 0.1 was no sign of life [L2]
-    assert r.take("switch@h", B, "light", 1, now=3.1)  # not alive: any life is taken [L3]
+    assert r.expire(now=GONE_AFTER + 0.05) == ["switch@h"]  # heard at 0: the drop at 0.1 was no sign of life [L2]
+    assert r.take("switch@h", B, "light", 1, now=GONE_AFTER + 0.1)  # not alive: any life is taken [L3]
 
 
 def test_two_lives_running_at_once_do_not_take_turns_until_one_goes_quiet() -> None:  # [L5]
     r = receiver()
     r.heartbeat("switch@h", A, "light", 1, now=0)
     r.heartbeat("switch@h", B, "light", 1, now=0.1)  # B replaces A, A is retired
-    for now in (0.5, 1.0, 1.5):
-        assert r.heartbeat("switch@h", A, "light", 1, now=now) is Beat.DROPPED
-        assert r.heartbeat("switch@h", B, "light", 1, now=now + 0.1) is not Beat.DROPPED
+    for beat in range(1, 4):
+        assert r.heartbeat("switch@h", A, "light", 1, now=beat * INTERVAL) is Beat.DROPPED
+        assert r.heartbeat("switch@h", B, "light", 1, now=beat * INTERVAL + 0.1) is not Beat.DROPPED
     assert r.life_of("switch@h") == B
-    assert r.heartbeat("switch@h", A, "light", 1, now=1.6 + 2 * INTERVAL + 0.01) is not Beat.DROPPED  # B went quiet
+    quiet = 3 * INTERVAL + 0.1 + 2 * INTERVAL  # B went quiet: two intervals since it was heard
+    assert r.heartbeat("switch@h", A, "light", 1, now=quiet) is Beat.DROPPED  # not more than two yet
+    assert r.heartbeat("switch@h", A, "light", 1, now=quiet + 0.01) is Beat.TAKEN
     assert r.life_of("switch@h") == A
 
 
@@ -73,37 +80,47 @@ def test_only_the_last_retired_lives_are_remembered() -> None:  # [L5, B]
 
 
 def test_a_gap_seen_in_a_heartbeat_is_counted_once_and_the_resent_state_is_still_taken() -> None:  # [G2-G4]
-    gaps: list[int] = []
-    r = receiver(on_gap=lambda _, missed: gaps.append(missed))
+    gaps: list[tuple[str, int]] = []
+    r = receiver(on_gap=lambda sender, missed: gaps.append((sender, missed)))
     assert r.heartbeat("switch@h", A, "light", 3, now=0) is Beat.TAKEN  # first contact: nothing missed [G3]
     assert r.take("switch@h", A, "light", 3, now=0)  # the state the heartbeat came with [P2]
+    assert r.heartbeat("switch@h", A, "light", 3, now=0.1) is Beat.TAKEN  # the same again: nothing new
     assert r.heartbeat("switch@h", A, "light", 6, now=1) is Beat.TAKEN  # 4, 5 and 6 did not come
     assert not r.take("switch@h", A, "light", 3, now=1.1)  # a copy of what we hold [G2]
     assert r.take("switch@h", A, "light", 5, now=1.2)  # a late 5 (from a cache): taken, not counted again
-    assert r.heartbeat("switch@h", A, "light", 6, now=2) is Beat.ASK  # still behind 6 after half an interval [R2]
+    assert r.heartbeat("switch@h", A, "light", 6, now=2) is Beat.ASK  # still behind 6 half an interval on [R2]
     assert r.take("switch@h", A, "light", 6, now=2.1)  # the answer
     assert r.take("switch@h", A, "light", 8, now=3)  # 7 is lost
-    assert gaps == [3, 1]
-    assert r.missed() == {"switch@h": 4}
+    assert gaps == [("switch@h", 3), ("switch@h", 1)]
+    assert r.missed() == {"switch@h": 4} and r.missed_of("switch@h") == 4 and r.missed_of("nobody@h") == 0
 
 
 def test_a_stream_behind_asks_at_the_next_heartbeat_not_sooner_nor_more_often() -> None:  # [R1, R2]
     r = receiver()
     assert r.heartbeat("switch@h", A, "light", 5, now=0) is Beat.TAKEN  # behind: the state may be on its way
-    assert r.heartbeat("switch@h", A, "light", 5, now=0.1) is Beat.TAKEN  # (P2 answers every subscription)
-    assert r.heartbeat("switch@h", A, "light", 5, now=0.5) is Beat.ASK  # half an interval: it was lost
-    assert r.heartbeat("switch@h", A, "light", 5, now=0.9) is Beat.TAKEN  # asked 0.4 s ago
-    assert r.heartbeat("switch@h", A, "light", 5, now=1.0) is Beat.ASK
+    assert r.heartbeat("switch@h", A, "light", 5, now=0.2 * INTERVAL) is Beat.TAKEN  # (P2 answers every subscriber)
+    assert r.heartbeat("switch@h", A, "light", 5, now=0.5 * INTERVAL) is Beat.ASK  # half an interval: it was lost
+    assert r.heartbeat("switch@h", A, "light", 5, now=0.9 * INTERVAL) is Beat.TAKEN  # asked 0.4 intervals ago
+    assert r.heartbeat("switch@h", A, "light", 5, now=1.0 * INTERVAL) is Beat.ASK
 
 
-def test_a_stream_behind_asks_at_most_resync_max_times_then_again_once_it_caught_up() -> None:  # [R3]
+def test_a_stream_behind_asks_at_most_resync_max_times_and_afresh_each_time_it_falls_behind() -> None:  # [R3]
     r = receiver()
-    r.heartbeat("switch@h", A, "light", 5, now=0)
-    asks = [r.heartbeat("switch@h", A, "light", 5, now=t / 2) is Beat.ASK for t in range(1, 20)]
-    assert sum(asks) == RESYNC_MAX
+    assert asks(r, 5, start=0) == RESYNC_MAX
     assert r.take("switch@h", A, "light", 6, now=10)  # caught up (the publisher moved on meanwhile)
-    r.heartbeat("switch@h", A, "light", 7, now=11)
-    assert r.heartbeat("switch@h", A, "light", 7, now=12) is Beat.ASK  # a new time behind: asking starts afresh
+    assert asks(r, 7, start=11) == RESYNC_MAX  # behind again: asking starts afresh
+    r.take("switch@h", A, "light", 6, now=20)  # a copy: still behind 7
+    assert r.heartbeat("switch@h", A, "light", 7, now=21) is Beat.TAKEN  # and its asks are spent
+    assert r.take("switch@h", A, "light", 7, now=22)
+    assert asks(r, 7, start=23) == 0  # holding what the heartbeats say: nothing to ask
+    assert asks(r, 8, start=30) == RESYNC_MAX
+
+
+def test_a_sender_forgotten_while_behind_asks_afresh_when_it_is_back() -> None:  # [R3, F1]
+    r = receiver()
+    assert asks(r, 5, start=0) == RESYNC_MAX
+    assert r.expire(now=20) == ["switch@h"]
+    assert asks(r, 5, start=21) == RESYNC_MAX
 
 
 def test_commands_are_counted_but_never_asked_for() -> None:  # [R5, K3]
@@ -118,13 +135,14 @@ def test_a_forgotten_life_that_comes_back_has_what_it_sent_meanwhile_counted_and
     assert r.take("switch@h", A, "light", 1, now=0)
     assert r.take("switch@h", A, "light-set", 1, now=0)
     assert r.expire(now=1) == ["switch@h"]  # [F1]
-    assert r.take("switch@h", A, "light", 5, now=2)  # [F2] the same life: 2, 3 and 4 went meanwhile
+    assert not r.take("switch@h", A, "light-set", 1, now=2)  # a command is never taken twice [G2]...
+    assert r.expire(now=3) == ["switch@h"]  # ...though the copy revived it, at 2
+    assert r.take("switch@h", A, "light", 5, now=4)  # [F2] the same life: 2, 3 and 4 went meanwhile
     assert r.missed() == {"switch@h": 3}
-    assert r.expire(now=3) == ["switch@h"]
-    assert r.take("switch@h", A, "light", 5, now=4)  # the state re-sent: forgetting dropped what we held
-    assert not r.take("switch@h", A, "light-set", 1, now=4)  # but a command is never taken twice [G2]
     assert r.expire(now=5) == ["switch@h"]
-    assert r.take("switch@h", B, "light", 1, now=6)  # a new life starts afresh [G3]
+    assert r.take("switch@h", A, "light", 5, now=6)  # the state re-sent: forgetting dropped what we held
+    assert r.expire(now=7) == ["switch@h"]
+    assert r.take("switch@h", B, "light", 1, now=8)  # a new life starts afresh [G3]
     assert r.missed() == {"switch@h": 3}  # summed per sender, over its lives [G5]
 
 
@@ -155,6 +173,29 @@ def test_the_broker_keeps_states_of_current_lives_only_and_never_a_command() -> 
     assert kept.expire(now=10) == ["web@h", "switch@h"]  # least recently heard first
     assert list(kept.matching("")) == []  # [F1]
     assert len(kept) == 0  # and dropped, not only hidden
+
+
+def test_the_broker_keeps_every_state_topic_of_a_sender_and_no_more_than_its_bounds() -> None:  # [C1, C6]
+    two = {"light": Kind.STATE, "mirror": Kind.STATE}
+    kept = LastValues(Receiver(two, GONE_AFTER, INTERVAL), max_messages=3, max_bytes=3 * 10)
+    frames = {name: [b"light", name.encode().ljust(5)] for name in ("a@h", "b@h", "c@h")}  # 10 bytes each
+    kept.take("a@h", A, "light", 1, frames["a@h"], now=0)
+    kept.take("a@h", A, "mirror", 1, [b"mirror", b"view"], now=0)  # another topic of the same sender, seq 1 too
+    assert len(kept) == 2
+    kept.take("b@h", A, "light", 1, frames["b@h"], now=1)
+    kept.take("b@h", A, "light", 2, frames["b@h"], now=1)  # replaces its own: no room taken twice
+    assert len(kept) == 3
+    kept.take("c@h", A, "light", 1, frames["c@h"], now=2)  # 40 bytes, 4 messages: the least recently updated goes
+    assert list(kept.matching("light")) == [frames["b@h"], frames["c@h"]]
+    assert list(kept.matching("mirror")) == [[b"mirror", b"view"]]
+
+
+def test_a_sender_forgotten_to_keep_the_bound_is_not_handed_out_even_before_it_is_told() -> None:  # [C3, F3]
+    kept = LastValues(receiver(max_senders=1))
+    kept.take("a@h", A, "light", 1, [b"light", b"a"], now=0)
+    kept.take("b@h", A, "light", 1, [b"light", b"b"], now=1)  # past the bound: a@h is forgotten
+    assert list(kept.matching("")) == [[b"light", b"b"]]
+    assert kept.expire(now=1) == ["a@h"] and len(kept) == 1
 
 
 def test_the_bounds_the_document_gives_are_the_codes() -> None:  # [B]

@@ -194,6 +194,26 @@ async def test_senders_go_offline_when_heartbeats_stop_and_online_when_they_retu
     }
 
 
+async def test_a_gap_in_what_a_sender_sent_shows_on_every_page(site: Any) -> None:
+    client, appliances, _ = site
+    ws = await client.ws_connect("/ws")
+    await appliances.send("toast", {"status": True})
+    assert (await next_event(ws, skip_presence=False))["body"] == {
+        "sender": "toaster@test",
+        "online": True,
+        "missed": 0,
+    }
+    assert (await next_event(ws))["seq"] == 1
+    appliances.seqs["toaster@test", "toast"] += 3  # seq 2, 3 and 4 lost on the way
+    await appliances.send("toast", {"status": False})
+    assert (await next_event(ws, skip_presence=False))["body"] == {
+        "sender": "toaster@test",
+        "online": True,
+        "missed": 3,
+    }
+    assert (await next_event(ws))["seq"] == 5
+
+
 async def test_sigterm_closes_browsers_with_going_away_and_exits_0(tmp_path: Path, run_service: Any) -> None:
     port = free_port()
     config = loopback_config(tmp_path, **{"services.web.port": port})

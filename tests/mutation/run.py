@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 WORKSPACE = ROOT / ".mutation"
 MUTATE = ["src/smarthome/core/*", "src/smarthome/roles/*"]
+# Builds a wheel of the checkout's layout (services/), which this copy does not have: not about core or roles.
+PACKAGING = "tests/test_cli.py::test_the_wheel_installs_a_working_command_with_dashboard_and_configs"
 COPIED = ["tests", "config", "docs", "README.md", "Dockerfile", "requirements.txt", ".ci", "swarm"]
 
 
@@ -32,7 +34,7 @@ def settings() -> str:
 [tool.mutmut]
 source_paths = ["src/smarthome"]
 only_mutate = {MUTATE!r}
-pytest_add_cli_args_test_selection = ["tests/", "-m", "not docker"]
+pytest_add_cli_args_test_selection = ["tests/", "-m", "not docker", "--deselect", {PACKAGING!r}]
 pytest_add_cli_args = ["-p", "hits", "-p", "no:cacheprovider", "--timeout", "120"]
 also_copy = {[*COPIED, "docker-compose.yml", "docker-compose.broker.yml", "docker-compose.swarm.yml"]!r}
 """

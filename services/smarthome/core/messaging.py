@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
 import msgspec
@@ -102,7 +103,8 @@ class Subscriber:
     ours: 'light' subscribed also matches 'lightning'), then who sent it [A1], whether its topic is declared and
     ours [K1, K5], and then the rules of a Receiver [L, G, R]. `accept` returns what passes, heartbeats of the
     wanted topics included (as message, None). When a Receiver says to ask again, every socket in `socks`
-    subscribes to the topic once more and takes that back [R4]. Each gap is one log line [G5].
+    subscribes to the topic once more and takes that back [R4]. Each gap is one log line [G5], and is told to
+    `on_gap(sender, missed)`.
     """
 
     def __init__(
@@ -112,8 +114,10 @@ class Subscriber:
         topics: list[str],
         body_type: type[Body] | None,
         policy: Policy | None = None,
+        on_gap: Callable[[str, int], None] | None = None,
     ) -> None:
         self.label = label
+        self.on_gap = on_gap
         self.policy = policy  # with CurveZMQ: who may publish what
         self.kinds = config.topics
         self.wanted = set(topics)  # empty: every declared topic
@@ -180,6 +184,8 @@ class Subscriber:
 
     def _gap(self, sender: str, missed: int) -> None:
         log.warning("%s missed %d messages from %s", self.label, missed, sender)
+        if self.on_gap:
+            self.on_gap(sender, missed)
 
     def expire(self) -> list[str]:
         """[F1] The senders not heard for `gone_after` seconds, now forgotten."""

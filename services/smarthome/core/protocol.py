@@ -8,6 +8,7 @@ clock: no rule compares two machines' clocks. tests/test_protocol.py checks thes
 from __future__ import annotations
 
 import enum
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 
@@ -44,25 +45,22 @@ class Stream:
         self.held = 0
         self.counted = counted  # [G3] what came before the first contact is not counted
         self.behind_since: float | None = None
-        self.asked_at = float("-inf")
+        self.asked_at = -math.inf
         self.asks = 0
 
     def take(self, seq: int) -> int:
         """[G2, G4] Take the message `seq` (> held, checked by the caller); how many were missed before it."""
-        missed = seq - self.counted - 1
+        missed = max(seq - self.counted - 1, 0)
         self.held = seq
-        if seq > self.counted:
-            self.counted = seq
+        self.counted = max(self.counted, seq)
         if self.behind_since is not None and seq >= self.counted:  # [R3] caught up: asking starts afresh
             self.behind_since, self.asks = None, 0
-        return missed if missed > 0 else 0
+        return missed
 
     def announce(self, seq: int) -> int:
         """[G4] A heartbeat says `seq` is the newest: how many more that makes missed."""
-        missed = seq - self.counted
-        if missed <= 0:
-            return 0
-        self.counted = seq
+        missed = max(seq - self.counted, 0)
+        self.counted = max(self.counted, seq)
         return missed
 
     def forget(self) -> None:
@@ -98,11 +96,11 @@ class Sender:
 
     __slots__ = ("heard", "life", "missed", "retired", "streams")
 
-    def __init__(self, life: int, now: float) -> None:
+    def __init__(self, life: int) -> None:
         self.life = life
         self.streams: dict[str, Stream] = {}
         self.retired: tuple[int, ...] = ()
-        self.heard = now
+        self.heard = -math.inf
         self.missed = 0
 
     def live(self, life: int) -> None:
@@ -115,7 +113,7 @@ class Receiver:
     """The rules every receiver follows [L, G, R, F], for the topics of `kinds` (their declared kinds [K1]).
 
     `take` and `heartbeat` judge one message each; `expire` forgets who went quiet. `on_gap(sender, missed)` is
-    called for each gap [G5].
+    called for each gap [G5]. `now` is always the receiver's own monotonic clock.
     """
 
     def __init__(
@@ -135,15 +133,14 @@ class Receiver:
         self.alive: OrderedDict[str, Sender] = OrderedDict()  # least recently heard first [L2]
         self.forgotten: OrderedDict[str, Sender] = OrderedDict()  # [F2] least recently forgotten first
         self._evicted: list[str] = []  # [F3] forgotten to keep the bound; reported by the next expire()
-        self.gaps = 0  # gaps counted so far, all senders
 
     def take(self, name: str, life: int, topic: str, seq: int, now: float) -> bool:
-        """Whether the message `seq` of `name`'s `life` on `topic` is taken (new, of the current life)."""
+        """Whether the message `seq` of `name`'s `life` on `topic` (a declared one) is taken."""
         sender = self.alive.get(name)
-        if sender is None or sender.life != life:
-            sender = self._meet(name, life, now, proven=False)
-            if sender is None:
-                return False  # [L4]
+        if sender is None:
+            sender = self._arrive(name, life, now)
+        elif sender.life != life:
+            return False  # [L4] not proven to run: an older life's re-sent state, or a new one before its heartbeat
         stream = sender.streams.get(topic)
         if stream is None:
             stream = sender.streams[topic] = Stream(seq - 1)  # [G3]
@@ -161,10 +158,13 @@ class Receiver:
         if kind is None:
             return Beat.DROPPED  # [K1]
         sender = self.alive.get(name)
-        if sender is None or sender.life != life:
-            sender = self._meet(name, life, now, proven=True)
-            if sender is None:
+        if sender is None:
+            sender = self._arrive(name, life, now)
+        elif sender.life != life:
+            if life in sender.retired and now - sender.heard <= self.quiet_after:
                 return Beat.DROPPED  # [L5]
+            sender.retired = (sender.life, *sender.retired)[:RETIRED_MAX]
+            sender.live(life)  # [L3] a heartbeat is never re-sent: its life runs now
         stream = sender.streams.get(topic)
         if stream is None:
             stream = sender.streams[topic] = Stream(seq)  # [G3]
@@ -176,19 +176,11 @@ class Receiver:
             return Beat.ASK
         return Beat.TAKEN
 
-    def _meet(self, name: str, life: int, now: float, proven: bool) -> Sender | None:
-        """The sender `name` whose `life` is current from now on, or None if it must not be [L3-L5]."""
-        sender = self.alive.get(name)
-        if sender is not None:  # alive with another life
-            if not proven or (life in sender.retired and now - sender.heard <= self.quiet_after):
-                return None  # [L4, L5]
-            sender.retired = (sender.life, *sender.retired)[:RETIRED_MAX]
-            sender.live(life)  # [L3]
-            return sender
-        sender = self.forgotten.pop(name, None)  # [F2]
-        if sender is None:
-            sender = Sender(life, now)
-        elif sender.life != life:
+    def _arrive(self, name: str, life: int, now: float) -> Sender:
+        """[L3, F2] `name`, not alive, is from now on, with `life` current: as it was if that life comes back,
+        afresh otherwise. (A copy of a command already taken revives it too, though it is dropped [G2].)"""
+        sender = self.forgotten.pop(name, None) or Sender(life)
+        if sender.life != life:
             sender.live(life)
         sender.heard = now
         self.alive[name] = sender
@@ -200,7 +192,6 @@ class Receiver:
 
     def _missed(self, name: str, sender: Sender, missed: int) -> None:
         sender.missed += missed  # [G5]
-        self.gaps += 1
         if self.on_gap:
             self.on_gap(name, missed)
 
@@ -212,9 +203,8 @@ class Receiver:
             if self.kinds.get(topic) is Kind.STATE:  # a command's seq stays: it is never acted on twice [G2]
                 stream.forget()
         self.forgotten[name] = sender
-        self.forgotten.move_to_end(name)
         if len(self.forgotten) > self.max_senders:
-            self.forgotten.popitem(last=False)
+            del self.forgotten[next(iter(self.forgotten))]  # the least recently forgotten
 
     def expire(self, now: float) -> list[str]:
         """[F1, F3] The senders not heard for `gone_after` (and those forgotten to keep the bound), now forgotten."""
@@ -246,27 +236,28 @@ class LastValues:
     """[C1-C6] The broker's kept state: it receives every declared topic by the rules above and keeps, of each
     state stream, the message it last took, as the frames it came in."""
 
-    def __init__(self, receiver: Receiver) -> None:
+    def __init__(
+        self, receiver: Receiver, max_messages: int = LAST_VALUES_MAX, max_bytes: int = LAST_VALUES_MAX_BYTES
+    ) -> None:
         self.receiver = receiver
-        self._kept: OrderedDict[tuple[str, str], tuple[int, list[bytes]]] = (
-            OrderedDict()
-        )  # (topic, sender) -> (life, frames)
-        self._bytes = 0
+        self.max_messages, self.max_bytes = max_messages, max_bytes
+        # (topic, sender) -> (life, frames) of the last message taken; least recently updated first
+        self._kept: OrderedDict[tuple[str, str], tuple[int, list[bytes]]] = OrderedDict()
+        self._bytes = 0  # the frames' sizes, all kept messages
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
     def take(self, name: str, life: int, topic: str, seq: int, frames: list[bytes], now: float) -> None:
         receiver = self.receiver
         if not receiver.take(name, life, topic, seq, now) or receiver.kinds.get(topic) is not Kind.STATE:
             return  # [C1] only what is taken, and only state
         key = (topic, name)
-        if key in self._kept:
-            self._drop(key)
+        self._drop(key)
         self._kept[key] = (life, frames)
         self._bytes += len(frames[0]) + len(frames[1])
-        while len(self._kept) > LAST_VALUES_MAX or self._bytes > LAST_VALUES_MAX_BYTES:  # [C6]
+        while len(self._kept) > self.max_messages or self._bytes > self.max_bytes:  # [C6]
             self._drop(next(iter(self._kept)))
-
-    def __len__(self) -> int:
-        return len(self._kept)
 
     def _drop(self, key: tuple[str, str]) -> None:
         if kept := self._kept.pop(key, None):

@@ -77,7 +77,7 @@ class Forwarder:
         commands = spec.commands.topic
         self.commands = Outbox(me, commands, me.config.topics[commands])  # the light button's, and who listens
         self.events = Outbox(me, "presence", Kind.EVENT)  # the forwarder's own events to browsers: presence, error
-        self.subscriber = Subscriber(spec.name, me.config, spec.subscribe.topics, None)
+        self.subscriber = Subscriber(spec.name, me.config, spec.subscribe.topics, None, on_gap=self.counted)
         self.tasks: set[asyncio.Task[None]] = set()
         self.done = asyncio.Event()  # set by SIGTERM/SIGINT, or by a background task that died
         self.failed = False
@@ -142,12 +142,11 @@ class Forwarder:
             callback()
 
     def on_frames(self, frames: list[bytes], peer: str | None) -> None:
-        gaps = self.subscriber.receiver.gaps
         accepted = self.subscriber.accept(frames, peer)
         if not accepted:
             return
         message, _ = accepted
-        self.seen(message.sender, counted_a_gap=self.subscriber.receiver.gaps != gaps)
+        self.seen(message.sender)
         if message.topic != HEARTBEAT_TOPIC:  # heartbeats only feed presence
             self.send_all(message)
 
@@ -161,10 +160,15 @@ class Forwarder:
     def heartbeat(self) -> None:
         self.commands_sock.send_multipart(self.commands.heartbeat())  # like every publisher: alive, and its seq
 
-    def seen(self, sender: str, counted_a_gap: bool) -> None:
-        if counted_a_gap or not self.online.get(sender):
+    def seen(self, sender: str) -> None:
+        if not self.online.get(sender):
             self.online[sender] = True
             self.gone_at.pop(sender, None)
+            self.send_all(self.presence(sender))
+
+    def counted(self, sender: str, missed: int) -> None:
+        """A gap in what `sender` sent: the pages show its new count (one not yet online is shown by `seen`)."""
+        if self.online.get(sender):
             self.send_all(self.presence(sender))
 
     def check_presence(self) -> None:
