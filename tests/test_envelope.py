@@ -87,3 +87,18 @@ def test_every_malformed_message_is_rejected_with_its_reason(case: str) -> None:
         decode(frames)
     assert str(error.value).startswith(reason)
     assert "\n" not in str(error.value)
+
+
+def nested(depth: int) -> dict:
+    body: dict = {}
+    for _ in range(depth - 1):
+        body = {"a": body}
+    return body
+
+
+def test_a_body_may_nest_eight_objects_deep_and_no_deeper() -> None:
+    eight = encode(Message("light", "s@h", 1, 1, 0.0, nested(8)))
+    assert decode(eight).body == nested(8)
+    nine = encode(Message("light", "s@h", 1, 1, 0.0, nested(9)))
+    with pytest.raises(EnvelopeError, match="body nested deeper than 8"):
+        decode(nine)

@@ -1,4 +1,5 @@
-"""The log lines a loop holds back until its messages are out: same lines, same order, errors at once."""
+"""The log lines a loop holds back until its messages are out (same lines, same order, errors at once), and the
+warnings about bad input, which a flood cannot multiply."""
 
 import io
 import logging
@@ -6,7 +7,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from smarthome.core.logs import TextFormatter, held_lines
+from smarthome.core.logs import WARNINGS_PER_SECOND, LimitedWarnings, TextFormatter, held_lines
+from smarthome.core.sockets import guarded
 
 
 @pytest.fixture(autouse=True)
@@ -67,3 +69,32 @@ def test_a_held_line_carries_the_time_of_its_call_and_exceptions_are_not_held() 
         except ValueError:
             log.exception("failed")
         assert out.getvalue().splitlines()[-1].endswith("failed: ValueError: bad")
+
+
+def test_warnings_beyond_ten_a_second_are_counted_and_told_with_the_next_line_that_gets_through() -> None:
+    log, out = stream_logger()
+    now = 100.0
+    limited = LimitedWarnings(log, clock=lambda: now)
+    for i in range(WARNINGS_PER_SECOND + 5):
+        limited.warn("bad %d", i)
+    now = 101.2
+    limited.warn("bad %d", 99)
+    limited.warn("bad %d", 100)
+    said = [line.split("WARNING ", 1)[1].strip() for line in out.getvalue().splitlines()]
+    assert said == [
+        *(f"bad {i}" for i in range(WARNINGS_PER_SECOND)),
+        "bad 99 (and 5 more like it held back)",
+        "bad 100",
+    ]
+
+
+def test_a_handler_that_raises_drops_that_message_with_one_line_and_nothing_else() -> None:
+    _, out = stream_logger()
+
+    def handler(frames: list[bytes]) -> None:
+        raise ValueError(f"cannot read {frames[0]!r}")
+
+    guarded("MIRROR", handler)([b"coffee"])
+    assert out.getvalue().split("WARNING ", 1)[1].strip() == (
+        "MIRROR dropped a message it could not handle: ValueError: cannot read b'coffee'"
+    )

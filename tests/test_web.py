@@ -197,21 +197,20 @@ async def test_senders_go_offline_when_heartbeats_stop_and_online_when_they_retu
 async def test_a_gap_in_what_a_sender_sent_shows_on_every_page(site: Any) -> None:
     client, appliances, _ = site
     ws = await client.ws_connect("/ws")
+
+    async def presence() -> tuple[bool, int]:
+        body = (await next_event(ws, skip_presence=False))["body"]
+        assert body["sender"] == "toaster@test"
+        return body["online"], body["missed"]
+
     await appliances.send("toast", {"status": True})
-    assert (await next_event(ws, skip_presence=False))["body"] == {
-        "sender": "toaster@test",
-        "online": True,
-        "missed": 0,
-    }
+    assert await presence() == (True, 0)
     assert (await next_event(ws))["seq"] == 1
     appliances.seqs["toaster@test", "toast"] += 3  # seq 2, 3 and 4 lost on the way
     await appliances.send("toast", {"status": False})
-    assert (await next_event(ws, skip_presence=False))["body"] == {
-        "sender": "toaster@test",
-        "online": True,
-        "missed": 3,
-    }
+    assert await presence() == (True, 3)
     assert (await next_event(ws))["seq"] == 5
+    assert await presence() == (False, 3)  # no heartbeat: offline, and what it missed still shown
 
 
 async def test_sigterm_closes_browsers_with_going_away_and_exits_0(tmp_path: Path, run_service: Any) -> None:

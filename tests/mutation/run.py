@@ -64,7 +64,9 @@ def main() -> None:
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     env["MUTMUT_HITS_DIR"] = str(WORKSPACE / "mutants" / "hits")
-    subprocess.run([mutmut, "run", "--max-children", str(options.max_children)], cwd=WORKSPACE, env=env, check=False)
+    run = subprocess.run([mutmut, "run", "--max-children", str(options.max_children)], cwd=WORKSPACE, env=env)
+    if run.returncode:
+        sys.exit(f"mutmut run failed ({run.returncode}); nothing written")
     results = subprocess.run(
         [mutmut, "results", "--all", "true"], cwd=WORKSPACE, env=env, capture_output=True, text=True
     )

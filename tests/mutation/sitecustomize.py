@@ -10,14 +10,14 @@ import os
 if os.environ.get("MUTANT_UNDER_TEST") == "stats" and os.environ.get("MUTMUT_HITS_FILE"):
     from mutmut.mutation import trampoline
 
-    _record = trampoline.record_trampoline_hit
     _seen: set[str] = set()
 
-    def _record_and_tell(name: str, caller: str | None = None) -> None:
-        _record(name, caller)
+    def _tell(name: str, caller: str | None = None) -> None:
+        """Instead of mutmut's own record, which this process could not hand back (and whose config it would look
+        for in its working directory, wherever the test started it)."""
         if name not in _seen:
             _seen.add(name)
             with open(os.environ["MUTMUT_HITS_FILE"], "a") as hits:
                 hits.write(name + "\n")
 
-    trampoline.record_trampoline_hit = _record_and_tell
+    trampoline.record_trampoline_hit = _tell

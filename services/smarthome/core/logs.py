@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -162,14 +162,15 @@ class LimitedWarnings:
     """Warnings about single bad messages, at most WARNINGS_PER_SECOND a second: a flood of bad input must
     not flood the log. What is held back is counted and reported with the next line that gets through."""
 
-    def __init__(self, log: logging.Logger) -> None:
+    def __init__(self, log: logging.Logger, clock: Callable[[], float] = time.monotonic) -> None:
         self.log = log
+        self.clock = clock
         self.second = 0
         self.printed = 0
         self.held_back = 0
 
     def warn(self, message: str, *args: object) -> None:
-        now = int(time.monotonic())
+        now = int(self.clock())
         if now != self.second:
             self.second, self.printed = now, 0
         if self.printed >= WARNINGS_PER_SECOND:

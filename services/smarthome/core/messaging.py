@@ -104,7 +104,7 @@ class Subscriber:
     ours [K1, K5], and then the rules of a Receiver [L, G, R]. `accept` returns what passes, heartbeats of the
     wanted topics included (as message, None). When a Receiver says to ask again, every socket in `socks`
     subscribes to the topic once more and takes that back [R4]. Each gap is one log line [G5], and is told to
-    `on_gap(sender, missed)`.
+    `on_gap(sender)`.
     """
 
     def __init__(
@@ -114,7 +114,7 @@ class Subscriber:
         topics: list[str],
         body_type: type[Body] | None,
         policy: Policy | None = None,
-        on_gap: Callable[[str, int], None] | None = None,
+        on_gap: Callable[[str], None] | None = None,
     ) -> None:
         self.label = label
         self.on_gap = on_gap
@@ -185,7 +185,7 @@ class Subscriber:
     def _gap(self, sender: str, missed: int) -> None:
         log.warning("%s missed %d messages from %s", self.label, missed, sender)
         if self.on_gap:
-            self.on_gap(sender, missed)
+            self.on_gap(sender)
 
     def expire(self) -> list[str]:
         """[F1] The senders not heard for `gone_after` seconds, now forgotten."""

@@ -10,8 +10,7 @@ def explain(exc: msgspec.ValidationError) -> tuple[str, str]:
     problem, _, where = str(exc).partition(" - at `")
     if where.startswith("key` in `"):  # a mapping's key is wrong, not its value
         problem, where = f"a key: {problem[0].lower()}{problem[1:]}", where.removeprefix("key` in `")
-    where = where.removeprefix("$")
     for theirs, ours in _WORDING.items():
         problem = problem.replace(theirs, ours)
     problem = problem.replace("`", "'")
-    return problem[0].lower() + problem[1:], where.rstrip("`").lstrip(".")
+    return problem[0].lower() + problem[1:], where.removesuffix("`").removeprefix("$").removeprefix(".")

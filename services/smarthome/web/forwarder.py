@@ -166,7 +166,7 @@ class Forwarder:
             self.gone_at.pop(sender, None)
             self.send_all(self.presence(sender))
 
-    def counted(self, sender: str, missed: int) -> None:
+    def counted(self, sender: str) -> None:
         """A gap in what `sender` sent: the pages show its new count (one not yet online is shown by `seen`)."""
         if self.online.get(sender):
             self.send_all(self.presence(sender))
