@@ -220,10 +220,22 @@ class LogReader:
     def count(self, text: str) -> int:
         return sum(text in line for line in self.log_lines())
 
+    def messages(self) -> list[str]:
+        """Each log line's message: what follows its time and level."""
+        return [re.split(r"\s+", line, maxsplit=2)[-1] for line in self.log_lines()]
+
     def last(self, prefix: str) -> str:
         """The message of the latest log line whose message (after time and level) starts with `prefix`."""
-        messages = [re.split(r"\s+", line, maxsplit=2)[-1] for line in self.log_lines()]
-        return next((m for m in reversed(messages) if m.startswith(prefix)), "")
+        return next((m for m in reversed(self.messages()) if m.startswith(prefix)), "")
+
+    def says(self, message: str, times: int = 1, timeout: float | None = None) -> None:
+        """Wait until `message` is, to the letter, the message of a log line (of `times` lines)."""
+        wait_until(
+            lambda: self.messages().count(message) >= times,
+            f"{self.name} to say {message!r} x{times}",
+            timeout or self.deadline,
+            self.output,
+        )
 
     def wait_for(self, text: str, times: int = 1, timeout: float | None = None) -> None:
         wait_until(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -193,3 +194,18 @@ def test_the_broker_asks_its_publishers_again_when_it_keeps_less_than_a_heartbea
     asks = said.count(b"\x01toast") - 1
     assert 1 <= asks <= RESYNC_MAX, broker.output()  # [C4, R3]
     assert broker.count("BROKER asks again for 'toast'") == asks
+
+
+def test_the_radio_plays_while_a_light_is_on_and_falls_silent_when_its_switch_is_gone(
+    tmp_path: Path, run_service: Start
+) -> None:
+    config = loopback_config(tmp_path, BROKER_CONFIG, heartbeat_interval=0.2, offline_after=3)
+    run_service("broker", config)
+    radio = run_service("radio", config)
+    switch = run_service("light-switch", config, env={"SMARTHOME_INSTANCE": "bath"})
+    radio.says("RADIO heard 'light is ON' from light-switch@bath")
+    radio.says("RADIO playing")
+    switch.proc.send_signal(signal.SIGKILL)  # no goodbye: a switch that is gone keeps no light on
+    radio.says("RADIO forgot light-switch@bath: not heard for 0.6s")
+    radio.says("RADIO silent")
+    assert radio.messages().count("RADIO playing") == 1

@@ -7,6 +7,8 @@ own topics, under its own name; only the commanders (web, host tools) may comman
 from __future__ import annotations
 
 import json
+import os
+import stat
 import struct
 import time
 from collections.abc import Callable
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import zmq
 from smarthome.core.envelope import Message, encode
+from smarthome.core.identity import TOOLS
+from smarthome.core.keys import KeyRing
 from support import BROKER_CONFIG, ServiceProcess, endpoint, loopback_config, wait_until, with_key
 
 Start = Callable[..., ServiceProcess]
@@ -107,3 +111,23 @@ def test_a_spoofed_sender_is_dropped_where_it_comes_in_the_broker(
     tools.send_multipart(encode(Message("light", "smarthome-cli@x", 1, 1, time.time(), {"state": "ON"})))
     wait_until(lambda: listener.poll(100), "the operator's message through the broker")
     assert json.loads(listener.recv_multipart()[1])["sender"] == "smarthome-cli@x"  # and not the spoof before it
+
+
+def test_keys_made_for_compose_are_the_services_user_s_and_the_tools_key_the_host_user_s(tmp_path: Path) -> None:
+    # `smarthome keys` in compose's one-shot `keys` service runs as root: the services' user must read theirs,
+    # and the host's user (who owns the folder) the tools' key.
+    folder = tmp_path / "made" / "keys"  # not there yet, nor its parent
+    folder.parent.mkdir()
+    os.chown(folder.parent, 4242, -1)
+    ring = KeyRing(folder)
+    assert ring.ensure(["light-switch", TOOLS], owner=1000) == ["light-switch", TOOLS]
+    folder.chmod(0o755)
+    os.chown(folder, 4242, -1)
+    assert ring.ensure(["light-switch", TOOLS], owner=1000) == []  # none missing: none made
+    switch, tools = folder / "light-switch.key_secret", folder / f"{TOOLS}.key_secret"
+    assert (switch.stat().st_uid, tools.stat().st_uid) == (1000, 4242)
+    assert stat.S_IMODE(switch.stat().st_mode) == stat.S_IMODE(tools.stat().st_mode) == 0o600
+    assert (folder / ".lock").exists()  # services starting at once take it in turn
+    nested = KeyRing(tmp_path / "a" / "b")
+    assert nested.ensure(["toaster"]) == ["toaster"]  # parents made too
+    assert nested.pair("toaster")[0] == nested.public("toaster")

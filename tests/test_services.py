@@ -42,12 +42,15 @@ def test_any_start_order_reaches_the_whole_routine(config: Path, run_service: St
     for name in ORDERS[order]:
         services[name] = run_service(name, config)
         services[name].wait_for("started")  # really started in this order
-    services["coffee-maker"].wait_for("COFFEE MAKER received 'light is ON' from light.")
-    services["toaster"].wait_for("TOASTER received 'light is ON' from light.")
+    services["light-switch"].says("LIGHT SWITCH published 'light is ON' (seq 1)")
+    for appliance, name in (("coffee-maker", "COFFEE MAKER"), ("toaster", "TOASTER")):  # the tutorial's lines
+        services[appliance].says(f"{name} received 'light is ON' from light.")
+        services[appliance].says(f"{name} preparing for 0.{1 if name == 'TOASTER' else 2}s")
+        services[appliance].says(f"{name} ready (seq 2)")
     mirror = services["smart-mirror"]
-    mirror.wait_for('Topic: COFFEE MAKER => {"status": true}')
-    mirror.wait_for('Topic: TOASTER => {"status": true}')
-    mirror.wait_for(ALL_READY)
+    mirror.says('Topic: COFFEE MAKER => {"status": true}')
+    mirror.says('Topic: TOASTER => {"status": true}')
+    mirror.says(ALL_READY)
 
 
 def test_restarted_services_are_found_again_and_the_mirror_converges(config: Path, run_service: Start) -> None:
