@@ -59,7 +59,12 @@ BROKEN = {
         "services.smart-mirror.subscribe.connect[1]",
         "malformed endpoint 'tcp:/toaster': expected tcp://HOST:PORT",
     ),
-    "port out of range": ('"tcp://*:5558"', '"tcp://*:99999"', "services.toaster.publish.bind", "malformed endpoint"),
+    "port out of range": (
+        '"tcp://*:5558"',
+        '"tcp://*:99999"',
+        "services.toaster.publish.bind",
+        "malformed endpoint 'tcp://*:99999': expected tcp://HOST:PORT",
+    ),
     "bind and connect": (
         'bind: "tcp://*:5558"',
         'bind: "tcp://*:5558", connect: "tcp://x:1"',
@@ -80,7 +85,12 @@ BROKEN = {
         "topic 'toats' is not declared under 'topics'",
     ),
     "unknown kind": ("  toast: state", "  toast: news", "topics.toast", "invalid enum value 'news'"),
-    "heartbeat declared": ("  toast: state", "  toast: state\n  heartbeat: event", "topics.heartbeat", "reserved"),
+    "heartbeat declared": (
+        "  toast: state",
+        "  toast: state\n  heartbeat: event",
+        "topics.heartbeat",
+        "reserved for heartbeats: pick another name",
+    ),
     "command published as state": (
         "  light: state",
         "  light: command",
@@ -99,25 +109,45 @@ BROKEN = {
         "max_message_bytes",
         "expected 'int', got 'str'",
     ),
-    "not YAML": ("services:", "services: [", "line", "not valid YAML"),
+    "not YAML": ("services:", "services: [", "line 22", "not valid YAML: expected ',' or ']', but got ':'"),
     # What is dangerous: refused unless it is made safe.
-    "privileged port": ('"tcp://*:5558"', '"tcp://*:22"', "services.toaster.publish.bind", "port 22 is privileged"),
+    "privileged port": (
+        '"tcp://*:5558"',
+        '"tcp://*:22"',
+        "services.toaster.publish.bind",
+        "port 22 is privileged (below 1024): pick another",
+    ),
     "web on a privileged port": ("port: 8080", "port: 80", "services.web.port", "expected 'int' >= 1024"),
     "heartbeat too fast": (
         "heartbeat_interval: 1 ",
         "heartbeat_interval: 0.000000001 ",
         "heartbeat_interval",
-        ">= 0.05",
+        "expected 'float' >= 0.05",
     ),
     "messages too big": (
         "max_message_bytes: 65536",
         "max_message_bytes: 4611686018427387904",
         "max_message_bytes",
-        "<=",
+        "expected 'int' <= 16777216",
     ),
-    "control characters in a name": ("name: TOASTER", 'name: "TOAST\\nINFO forged"', "services.toaster.name", "regex"),
-    "service name that is a path": ("  toaster:\n", "  ../toaster:\n", "services", "a key: expected 'str' matching"),
-    "alias bomb": ("max_message_bytes: 65536", "x: &a [1, 1]\ny: [*a, *a]\nmax_message_bytes: 65536", "", "aliases"),
+    "control characters in a name": (
+        "name: TOASTER",
+        'name: "TOAST\\nINFO forged"',
+        "services.toaster.name",
+        "expected 'str' matching regex '^[^\\\\x00-\\\\x1f\\\\x7f]{1,40}$'",
+    ),
+    "service name that is a path": (
+        "  toaster:\n",
+        "  ../toaster:\n",
+        "services",
+        "a key: expected 'str' matching regex '^[a-z][a-z0-9-]{0,39}$'",
+    ),
+    "alias bomb": (
+        "max_message_bytes: 65536",
+        "x: &a [1, 1]\ny: [*a, *a]\nmax_message_bytes: 65536",
+        "",
+        "not valid YAML: aliases are not allowed (line 6)",
+    ),
     "open commands without CurveZMQ": (
         "max_message_bytes: 65536",
         "curve: false\nmax_message_bytes: 65536",
@@ -129,6 +159,18 @@ BROKEN = {
         "bind_host: example.org",
         "services.web.bind_host",
         "'example.org' is not an IP address",
+    ),
+    "subscriber with nowhere to connect": (
+        'subscribe: { topics: [light], connect: ["tcp://light-switch:5556"] }\n    publish: { topic: coffee',
+        "subscribe: { topics: [light], connect: [] }\n    publish: { topic: coffee",
+        "services.coffee-maker.subscribe",
+        "needs either 'bind' or at least one 'connect' endpoint",
+    ),
+    "connect to every interface": (
+        '"tcp://toaster:5558"]',
+        '"tcp://*:5558"]',
+        "services.smart-mirror.subscribe.connect[1]",
+        "cannot connect to 'tcp://*:5558': '*' is only for bind",
     ),
     "beyond loopback, no token": (
         "token_free_peers: [docker-host]",
@@ -146,7 +188,7 @@ BROKEN = {
         "allowed_hosts: []",
         "allowed_hosts: [evil.example/x]",
         "services.web.allowed_hosts[0]",
-        "expected 'str' matching regex",
+        "expected 'str' matching regex '^(\\\\[[0-9a-fA-F:.]+\\\\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)$'",
     ),
 }
 
@@ -168,22 +210,21 @@ def test_each_config_error_names_file_key_and_problem(tmp_path: Path, case: str)
     path = broken_config(tmp_path, old, new)
     with pytest.raises(ConfigError) as error:
         load_config(path)
-    message = str(error.value)
-    assert message.startswith(f"{path}: {key}"), message
-    assert problem in message
-    assert "\n" not in message
+    assert str(error.value) == (f"{path}: {key}: {problem}" if key else f"{path}: {problem}")
 
 
 def test_a_huge_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
     path = tmp_path / "huge.yml"
     path.write_text(SHIPPED_CONFIG.read_text() + "#" * (2 << 20))
-    with pytest.raises(ConfigError, match=r"huge\.yml: larger than 1024 KiB: not a config"):
+    with pytest.raises(ConfigError) as error:
         load_config(path)
+    assert str(error.value) == f"{path}: larger than 1024 KiB: not a config"
 
 
 def test_missing_file_is_one_line(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"nope\.yml: cannot read: No such file"):
+    with pytest.raises(ConfigError) as error:
         load_config(tmp_path / "nope.yml")
+    assert str(error.value) == f"{tmp_path / 'nope.yml'}: cannot read: No such file or directory"
 
 
 @pytest.mark.parametrize("case", ["unknown key", "malformed endpoint", "unpublished topic", "not YAML"])
@@ -195,8 +236,7 @@ def test_a_service_with_bad_config_exits_2_with_one_line_on_stderr(tmp_path: Pat
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"smarthome: config error: {path}: {key}")
-    assert problem in lines[0]
+    assert lines[0] == f"smarthome: config error: {path}: {key}: {problem}"
 
 
 def test_unknown_service_name_is_a_config_error(tmp_path: Path) -> None:
