@@ -50,6 +50,13 @@ DEADLINE = 15.0  # seconds any awaited condition may take before a test fails
 COMPOSE_TIMEOUT = 300  # seconds for one compose command (a first build installs dependencies)
 BROKER_ROUTINE = ["broker", "light-switch", "kitchen-light", "coffee-maker", "toaster", "smart-mirror", "radio"]
 ALL_READY = "MIRROR coffee=ready toast=ready"
+HOST = socket.gethostname()  # the instance part of a local service's sender: light-switch@HOST
+LABELS = {
+    "light-switch": "LIGHT SWITCH",
+    "coffee-maker": "COFFEE MAKER",
+    "toaster": "TOASTER",
+    "smart-mirror": "MIRROR",
+}
 ALL_IDLE = "MIRROR coffee=idle toast=idle"
 SMARTHOME = str(Path(sys.executable).with_name("smarthome"))  # the command `pip install` made, next to python
 HEALTHCHECK_INTERVAL = "SMARTHOME_HEALTHCHECK_INTERVAL"

@@ -21,6 +21,7 @@ from support import (
     ALL_READY,
     BROKER_CONFIG,
     BROKER_ROUTINE,
+    HOST,
     ROOT,
     SHIPPED_CONFIG,
     SMARTHOME,
@@ -97,7 +98,7 @@ def test_direct_wiring_takes_light_commands_too(direct: Path, run_service: Start
     services = {name: run_service(name, direct) for name in ("light-switch", "coffee-maker", "toaster", "smart-mirror")}
     services["smart-mirror"].wait_for(ALL_READY)
     assert smarthome(direct, "light", "off").returncode == 0
-    services["light-switch"].wait_for("LIGHT SWITCH switched OFF by smarthome-cli@")
+    services["light-switch"].says(f"LIGHT SWITCH switched OFF by smarthome-cli@{HOST}")
     services["smart-mirror"].wait_for(ALL_IDLE)
     sub = smarthome(direct, "sub", "light", "--count", "1")
     assert (sub.returncode, sub.stderr) == (0, "")
@@ -229,7 +230,7 @@ def test_host_port_variables_lead_the_tools_to_a_stack_on_other_ports(direct: Pa
     result = run("--config", str(SHIPPED_CONFIG), "-v", "light", "off", env=env)
     assert result.returncode == 0, result.stderr
     assert f"reached a subscriber to 'light-set' at {commands}" in result.stderr
-    switch.wait_for("LIGHT SWITCH switched OFF by smarthome-cli@")
+    switch.says(f"LIGHT SWITCH switched OFF by smarthome-cli@{HOST}")
 
 
 def test_sub_without_a_stack_says_so_and_what_to_try(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from smarthome.core.envelope import Message, encode
 from support import (
     ALL_READY,
     BROKER_CONFIG,
+    LABELS,
     SHIPPED_CONFIG,
     ServiceProcess,
     endpoint,
@@ -41,7 +42,7 @@ def test_any_start_order_reaches_the_whole_routine(config: Path, run_service: St
     services = {}
     for name in ORDERS[order]:
         services[name] = run_service(name, config)
-        services[name].wait_for("started")  # really started in this order
+        services[name].says(f"{LABELS[name]} started")  # really started in this order
     services["light-switch"].says("LIGHT SWITCH published 'light is ON' (seq 1)")
     for appliance, name in (("coffee-maker", "COFFEE MAKER"), ("toaster", "TOASTER")):  # the tutorial's lines
         services[appliance].says(f"{name} received 'light is ON' from light.")
@@ -61,7 +62,7 @@ def test_restarted_services_are_found_again_and_the_mirror_converges(config: Pat
     toast_ready = 'Topic: TOASTER => {"status": true}'
     assert services["toaster"].stop() == 0
     toaster = run_service("toaster", config)
-    toaster.wait_for("TOASTER received 'light is ON' from light.")  # the switch re-sent its state to the newcomer
+    toaster.says("TOASTER received 'light is ON' from light.")  # the switch re-sent its state to the newcomer
     mirror.wait_for(toast_ready, times=2)  # the new toaster's own 'ready' reached the mirror
     wait_until(
         lambda: mirror.last("MIRROR coffee=") == ALL_READY, "the mirror to show all ready", describe=mirror.output
@@ -70,7 +71,7 @@ def test_restarted_services_are_found_again_and_the_mirror_converges(config: Pat
     coffee_maker = services["coffee-maker"]
     received = coffee_maker.count("received 'light is ON'")
     assert services["light-switch"].stop() == 0
-    run_service("light-switch", config).wait_for("published 'light is ON'")
+    run_service("light-switch", config).says("LIGHT SWITCH published 'light is ON' (seq 1)")
     coffee_maker.wait_for("received 'light is ON' from light.", times=received + 1)  # the new switch's state
     assert mirror.count(toast_ready) == 2  # light was already on: nothing to redo
 
@@ -85,9 +86,10 @@ def test_light_off_makes_appliances_idle_and_on_makes_them_ready_again(tmp_path:
         },
     )
     services = {name: run_service(name, config) for name in ORDERS["publishers first"]}
-    services["light-switch"].wait_for("published 'light is OFF'")
-    services["toaster"].wait_for("TOASTER received 'light is OFF' from light.")
-    services["toaster"].wait_for("TOASTER idle", times=2)  # once at start, once for OFF
+    services["light-switch"].says("LIGHT SWITCH published 'light is OFF' (seq 2)")
+    services["toaster"].says("TOASTER received 'light is OFF' from light.")
+    services["toaster"].says("TOASTER idle (seq 1)")  # at start
+    services["toaster"].says("TOASTER idle (seq 3)")  # after ready (2), for OFF
     services["smart-mirror"].wait_for(ALL_READY, times=2)  # ON -> OFF -> ON again
 
 
@@ -98,12 +100,12 @@ def test_every_service_exits_0_on_sigterm_with_a_stopped_line(config: Path, run_
         started = time.monotonic()
         assert service.stop() == 0
         assert time.monotonic() - started < 5, f"{service.name} took too long to stop"
-        assert service.lines[-1].endswith("stopped")
+        assert service.messages()[-1] == f"{LABELS[service.name]} stopped"
 
 
 def test_sigterm_while_the_peer_is_unreachable_still_exits_0(config: Path, run_service: Start) -> None:
     mirror = run_service("smart-mirror", config)
-    mirror.wait_for("cannot reach")
+    mirror.says(f"MIRROR cannot reach {endpoint(config, 'coffee-maker')} yet, retrying")
     assert mirror.stop() == 0
 
 
@@ -181,13 +183,15 @@ def test_a_subscriber_joining_late_gets_the_current_state_without_any_new_publis
     config: Path, run_service: Start, context: zmq.Context
 ) -> None:
     switch = run_service("light-switch", config)
-    switch.wait_for("started")
+    switch.says(f"LIGHT SWITCH listening on {endpoint(config, 'light-switch')}")
+    switch.says("LIGHT SWITCH started")
     sub = listener(context, config, "light-switch", b"light")
     wait_until(lambda: sub.poll(100), "the current light state")
     topic, body = sub.recv_multipart()
     assert topic == b"light"
     assert json.loads(body)["body"] == {"state": "ON"}
     assert switch.count("published") == 1  # a re-send of the state, not a new publish
+    switch.says("LIGHT SWITCH has a new subscriber; answering with a heartbeat and the current state")
 
 
 @pytest.mark.parametrize("source", [SHIPPED_CONFIG, BROKER_CONFIG], ids=["direct", "broker"])
