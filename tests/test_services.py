@@ -150,12 +150,15 @@ def test_malformed_messages_are_logged_and_dropped_and_the_mirror_keeps_going(
         fake_coffee_maker.send(frames)
     fake_coffee_maker.send(good)
     mirror.wait_for('Topic: COFFEE MAKER => {"status": true}')  # sent last, so every bad one was handled by now
-    warnings = [line for line in mirror.lines if "WARNING" in line]
-    assert [w.split("dropped a malformed message: ")[1] for w in warnings] == [
-        "expected 2 frames [topic, json], got 1",
-        "topic 'coffee': not valid JSON (JSON is malformed: invalid character (byte 4))",
-        "topic 'coffee': missing key 'seq'",
-        "topic 'coffee': expected 'bool', got 'str' at 'body.status'",
+    warnings = [message for line, message in zip(mirror.lines, mirror.messages(), strict=True) if "WARNING" in line]
+    assert warnings == [
+        f"MIRROR dropped a malformed message: {reason}"
+        for reason in (
+            "expected 2 frames [topic, json], got 1",
+            "topic 'coffee': not valid JSON (JSON is malformed: invalid character (byte 4))",
+            "topic 'coffee': missing key 'seq'",
+            "topic 'coffee': expected 'bool', got 'str' at 'body.status'",
+        )
     ]
     assert mirror.proc.poll() is None
 
