@@ -18,12 +18,22 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 WORKSPACE = ROOT / ".mutation"
 MUTATE = ["src/smarthome/core/*", "src/smarthome/roles/*"]
+README_SECTION = "## Mutation testing"
+INTRO = (
+    "Do the tests notice when the code is wrong? `pip install -e '.[mutation]'`, then "
+    "`.venv/bin/python tests/mutation/run.py` has [mutmut](https://mutmut.readthedocs.io) change "
+    "`services/smarthome/core/` and `roles/` one small edit at a time (a `<` for a `<=`, a string, an argument "
+    "dropped) and runs the fast tier against each: a change no test notices survives. The services the tests start "
+    "as processes run the changed code too. Hours on two cores, so not part of CI; it resumes where it stopped, "
+    "and rewrites this section and `tests/mutation/results.md`."
+)
 # Builds a wheel of the checkout's layout (services/), which this copy does not have: not about core or roles.
 PACKAGING = "tests/test_cli.py::test_the_wheel_installs_a_working_command_with_dashboard_and_configs"
 COPIED = ["tests", "config", "docs", "README.md", "Dockerfile", "requirements.txt", ".ci", "swarm"]
@@ -74,24 +84,32 @@ def main() -> None:
 
 
 def report(results: str) -> None:
+    """tests/mutation/results.md, and the README's section from it: the score, and each survivor with why it
+    changes nothing observable (tests/mutation/why.toml; one not explained there says so)."""
     statuses = dict(re.findall(r"^\s+(\S+): (.+)$", results, re.M))
     killed = sum(status == "killed" for status in statuses.values())
     survivors = sorted(name for name, status in statuses.items() if status != "killed")
+    why = tomllib.loads((HERE / "why.toml").read_text())["why"]
     score = killed / len(statuses) if statuses else 0.0
-    lines = [
-        "# Mutation testing: what the fast tier notices",
+    rows = [f"| `{name}` | {statuses[name]} | {why.get(name, '**not explained**')} |" for name in survivors]
+    figures = [
+        f"Last run {datetime.datetime.now(datetime.UTC):%Y-%m-%d}: {len(statuses)} mutants of "
+        f"{', '.join('services/' + m.removeprefix('src/') for m in MUTATE)}, {killed} killed by the fast tier: "
+        f"**{score:.1%}**. The survivors, and why each changes nothing a user or a peer could observe:",
         "",
-        "- command: `python tests/mutation/run.py`",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- mutated: {', '.join('services/' + m.removeprefix('src/') for m in MUTATE)}",
-        f"- mutants: {len(statuses)}, killed {killed}: **{score:.1%}**",
-        "",
-        "| survivor | status |",
-        "|---|---|",
-        *(f"| `{name}` | {statuses[name]} |" for name in survivors),
+        "| survivor | status | why |",
+        "|---|---|---|",
+        *rows,
     ]
-    (HERE / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    (HERE / "results.md").write_text("# Mutation testing\n\n" + "\n".join(figures) + "\n")
+    readme = (ROOT / "README.md").read_text()
+    head, found, rest = readme.partition(README_SECTION)
+    if found:
+        tail = rest[rest.find("\n## ") :] if "\n## " in rest else "\n"
+        (ROOT / "README.md").write_text(
+            head + README_SECTION + "\n\n" + INTRO + "\n\n" + "\n".join(figures) + "\n" + tail
+        )
+    print("\n".join(figures))
 
 
 if __name__ == "__main__":
