@@ -198,11 +198,20 @@ def test_the_broker_asks_its_publishers_again_when_it_keeps_less_than_a_heartbea
 
 
 def test_the_radio_plays_while_a_light_is_on_and_falls_silent_when_its_switch_is_gone(
-    tmp_path: Path, run_service: Start
+    tmp_path: Path, run_service: Start, context: zmq.Context
 ) -> None:
     config = loopback_config(tmp_path, BROKER_CONFIG, heartbeat_interval=0.2, offline_after=3)
-    run_service("broker", config)
+    broker = run_service("broker", config)
     radio = run_service("radio", config)
+    broker.says("BROKER subscribe 'heartbeat'")  # the radio's, with 'light'
+    mute = with_key(context.socket(zmq.PUB), config, server="broker")  # a switch alive, whose light never came
+    mute.connect(endpoint(config, "broker", "publishers"))
+    probe = with_key(context.socket(zmq.SUB), config, server="broker")
+    probe.subscribe(b"heartbeat")
+    probe.connect(endpoint(config, "broker", "subscribers"))
+    beat = encode(Message("heartbeat", "light-switch@mute", 1, 1, time.time(), {"for": "light"}))
+    wait_until(lambda: mute.send_multipart(beat) or probe.poll(50), "the broker to pass a heartbeat")
+    radio.says("RADIO forgot light-switch@mute: not heard for 0.6s")  # and it goes on
     switch = run_service("light-switch", config, env={"SMARTHOME_INSTANCE": "bath"})
     radio.says("RADIO heard 'light is ON' from light-switch@bath")
     radio.says("RADIO playing")

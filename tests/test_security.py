@@ -126,6 +126,7 @@ def test_keys_made_for_compose_are_the_services_user_s_and_the_tools_key_the_hos
     assert ring.ensure(["light-switch", TOOLS], owner=1000) == []  # none missing: none made
     switch, tools = folder / "light-switch.key_secret", folder / f"{TOOLS}.key_secret"
     assert (switch.stat().st_uid, tools.stat().st_uid) == (1000, 4242)
+    assert switch.stat().st_gid == tools.stat().st_gid == os.getegid()  # the group is left as it was
     assert stat.S_IMODE(switch.stat().st_mode) == stat.S_IMODE(tools.stat().st_mode) == 0o600
     assert (folder / ".lock").exists()  # services starting at once take it in turn
     nested = KeyRing(tmp_path / "a" / "b")

@@ -135,13 +135,10 @@ class Loop:
         """[P4] Start from the state a broker keeps under our own name from a life before ours: `then(body)` with
         the first such message on `spec.topics` within one heartbeat_interval, else `then(None)`. Nothing of
         ours is published before: the broker hands out an earlier life's state only until ours is heard [C3]."""
-        decided = False
 
         def decide(body: Body | None) -> None:
-            nonlocal decided
-            if decided:
-                return
-            decided = True
+            if wait.cancelled:
+                return  # decided already: by the wait's end, or by a kept message
             wait.cancel()
             for sock in subscriber.socks:  # nothing more to hear here
                 for topic in subscriber.subscriptions:
