@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from smarthome.core.config import ApplianceConfig, ConfigError, load_config
 from support import BROKER_CONFIG, SHIPPED_CONFIG, smarthome
 
@@ -145,14 +147,56 @@ BROKEN = {
     "alias bomb": (
         "max_message_bytes: 65536",
         "x: &a [1, 1]\ny: [*a, *a]\nmax_message_bytes: 65536",
-        "",
-        "not valid YAML: aliases are not allowed (line 6)",
+        "line 6",
+        "not valid YAML: aliases are not allowed",
+    ),
+    "nesting that would exhaust the stack": (
+        "max_message_bytes: 65536",
+        "x: " + "[" * 5000 + "]" * 5000 + "\nmax_message_bytes: 65536",
+        "line 5",
+        "not valid YAML: nested deeper than 32",
+    ),
+    "an integer of 5,001 digits": (
+        "prep_time: 2",
+        "prep_time: " + "9" * 5001,
+        "line 40",
+        "not valid YAML: a number of 5001 characters (at most 40)",
+    ),
+    "a date that is none": (
+        "prep_time: 2",
+        "prep_time: 2001-13-44",
+        "line 40",
+        "not valid YAML: '2001-13-44': month must be in 1..12",
+    ),
+    "a tag": (
+        "prep_time: 2",
+        "prep_time: !!binary AAAA",
+        "line 40",
+        "not valid YAML: tags are not allowed ('tag:yaml.org,2002:binary')",
+    ),
+    "a NUL byte, said on one line": (
+        "prep_time: 2",
+        "prep_time: \x00",
+        "line 40",
+        "not valid YAML: character #x0000: special characters are not allowed",
     ),
     "open commands without CurveZMQ": (
         "max_message_bytes: 65536",
         "curve: false\nmax_message_bytes: 65536",
         "services.light-switch.commands.bind",
-        "commands open to the whole network need 'curve: true'",
+        "commands reachable beyond 127.0.0.1 need 'curve: true'",
+    ),
+    "commands on every IPv4 address without CurveZMQ": (
+        ("max_message_bytes: 65536", "tcp://*:5555"),
+        ("curve: false\nmax_message_bytes: 65536", "tcp://0.0.0.0:5555"),
+        "services.light-switch.commands.bind",
+        "commands reachable beyond 127.0.0.1 need 'curve: true'",
+    ),
+    "a toggle faster than a light": (
+        "toggle_period: 0 ",
+        "toggle_period: 0.000001 ",
+        "services.light-switch.toggle_period",
+        "1e-06 is too fast: 0 (never) or at least 0.1",
     ),
     "bind_host not an address": (
         "bind_host: 0.0.0.0",
@@ -246,3 +290,70 @@ def test_unknown_service_name_is_a_config_error(tmp_path: Path) -> None:
         f"smarthome: config error: {SHIPPED_CONFIG}: services: no service named 'kettle' "
         "(have: light-switch, coffee-maker, toaster, smart-mirror, web)"
     )
+
+
+NASTY = [
+    "[",
+    "]",
+    "{",
+    "}",
+    ":",
+    "- ",
+    "? ",
+    "&a ",
+    "*a",
+    "!!binary AAAA",
+    "!!python/object:os.system x",
+    "!!set {a}",
+    "!!timestamp 2001-13-44",
+    "!!int x",
+    "!!float x",
+    "!!str",
+    "<<: 1",
+    "9" * 5001,
+    "0x" + "f" * 60,
+    "1:" * 30,
+    ".nan",
+    ".inf",
+    "-.inf",
+    "~",
+    "null",
+    "\x00",
+    "\x85",
+    "\u2028",
+    "\ufeff",
+    "\t",
+    "'",
+    '"',
+    "|",
+    ">",
+    "%YAML 1.1",
+    "---",
+    "...",
+    "#",
+    "\n",
+    "\n  ",
+    "[" * 200,
+    "{a: " * 200,
+    "é",
+    "\\x",
+    '"\\ud800"',
+]
+
+
+@settings(
+    max_examples=400, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(edits=st.lists(st.tuples(st.integers(0, 3000), st.sampled_from(NASTY), st.integers(0, 40)), max_size=4))
+def test_no_config_gives_a_traceback_only_a_line(tmp_path: Path, edits: list[tuple[int, str, int]]) -> None:
+    """Whatever the file holds, loading it gives a Config or one line naming the problem, never another error."""
+    text = SHIPPED_CONFIG.read_text()
+    for at, token, cut in edits:
+        at %= len(text) + 1
+        text = text[:at] + token + text[at + cut :]
+    path = tmp_path / "fuzzed.yml"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        load_config(path)
+    except ConfigError as error:
+        assert "\n" not in str(error) and str(error).startswith(f"{path}: ")

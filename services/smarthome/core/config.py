@@ -27,6 +27,9 @@ LOOPBACK_ENV = "SMARTHOME_LOOPBACK"  # "1": run every endpoint on 127.0.0.1 (loc
 DOCKER_HOST = "docker-host"  # in web.token_free_peers: the container's default gateway, i.e. the Docker host
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML; a bigger file is refused before it is parsed
+MAX_CONFIG_DEPTH = 32  # nesting: ours is 5 deep; a 5,000-deep list would exhaust Python's stack
+MAX_NUMBER_CHARS = 40  # digits of one number: none of ours needs more, and Python refuses past 4,300
+MIN_TOGGLE_PERIOD = 0.1  # seconds: the light switch toggles at most 10 times a second (0 = never)
 Topic = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 ServiceName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{0,39}$")]  # also names its key file
 DisplayName = Annotated[str, msgspec.Meta(pattern=r"^[^\x00-\x1f\x7f]{1,40}$")]  # printable: it goes in every log line
@@ -207,9 +210,13 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             text = file.read(MAX_CONFIG_BYTES + 1)
         if len(text) > MAX_CONFIG_BYTES:
             raise ConfigError(path, "", f"larger than {MAX_CONFIG_BYTES >> 10} KiB: not a config")
-        raw = yaml.load(text.decode("utf-8", errors="replace"), _NoAliases)
+        source = text.decode("utf-8", errors="replace")
+        raw = yaml.load(source, _PlainYaml)
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, e.g. NUL
+        where = f"line {source.count(chr(10), 0, exc.position) + 1}"
+        raise ConfigError(path, where, f"not valid YAML: character #x{exc.character:04x}: {exc.reason}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
@@ -241,13 +248,35 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     return config
 
 
-class _NoAliases(yaml.SafeLoader):
-    """YAML without anchors and aliases: an alias bomb must be refused before anything expands it."""
+class _PlainYaml(yaml.SafeLoader):
+    """Safe YAML without aliases, tags, deep nesting or numbers of a thousand digits: every input is a config
+    or a YAMLError naming its line (an alias bomb, `!!binary`, a stack-deep list, a huge integer, 2001-13-44)."""
+
+    depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            raise yaml.YAMLError(f"aliases are not allowed (line {self.peek_event().start_mark.line + 1})")
-        return super().compose_node(parent, index)
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases are not allowed", event.start_mark)
+        if getattr(event, "tag", None) is not None:  # a config is plain data; tags reach odd constructors
+            raise yaml.composer.ComposerError(None, None, f"tags are not allowed ('{event.tag}')", event.start_mark)
+        if self.depth >= MAX_CONFIG_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_CONFIG_DEPTH}", event.start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        number = isinstance(node, yaml.ScalarNode) and node.tag.endswith(("int", "float"))
+        if number and len(node.value) > MAX_NUMBER_CHARS:
+            problem = f"a number of {len(node.value)} characters (at most {MAX_NUMBER_CHARS})"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:  # the resolver's pattern matched, the constructor did not
+            raise yaml.constructor.ConstructorError(None, None, f"{node.value!r}: {exc}", node.start_mark) from None
 
 
 def _convert(path: str, key: str, raw: Any, schema: Any) -> Any:
@@ -264,6 +293,9 @@ def _check_wiring(config: Config) -> None:
         raise ConfigError(config.path, f"topics.{HEARTBEAT_TOPIC}", "reserved for heartbeats: pick another name")
     published = {p.topic for p in config.publishers().values()}
     for name, service in config.services.items():
+        if isinstance(service, LightSwitchConfig) and 0 < service.toggle_period < MIN_TOGGLE_PERIOD:
+            problem = f"{service.toggle_period:g} is too fast: 0 (never) or at least {MIN_TOGGLE_PERIOD:g}"
+            raise ConfigError(config.path, f"services.{name}.toggle_period", problem)
         for key, endpoint, connecting in service.endpoints():
             _check_endpoint(config.path, f"services.{name}.{key}", endpoint, connecting)
         for field, spec in service.sockets():
@@ -280,10 +312,9 @@ def _check_wiring(config: Config) -> None:
                 if topic not in published:
                     raise ConfigError(config.path, f"{key}.topics[{i}]", f"topic '{topic}' is published by no service")
         commands = dict(service.sockets()).get("commands")
-        if not config.curve and isinstance(commands, Subscribe) and commands.bind and "*" in commands.bind:
-            raise ConfigError(
-                config.path, f"services.{name}.commands.bind", "commands open to the whole network need 'curve: true'"
-            )
+        if not config.curve and isinstance(commands, Subscribe) and commands.bind and not _on_this_host(commands.bind):
+            problem = "commands reachable beyond 127.0.0.1 need 'curve: true'"
+            raise ConfigError(config.path, f"services.{name}.commands.bind", problem)
     for name, service in config.services.items():  # a typo in a port, and whose CurveZMQ key would a client pin?
         for key, endpoint, connecting in service.endpoints():
             if connecting and config.binder_of(endpoint) is None:
@@ -334,6 +365,15 @@ def _check_endpoint(path: str, key: str, endpoint: str, connect: bool) -> None:
         raise ConfigError(path, key, f"cannot connect to '{endpoint}': '*' is only for bind")
     if not connect and int(match["port"]) < 1024:
         raise ConfigError(path, key, f"port {match['port']} is privileged (below 1024): pick another")
+
+
+def _on_this_host(endpoint: str) -> bool:
+    """Whether `endpoint` binds a loopback address only (a name or '*' may be reached from other machines)."""
+    match = _ENDPOINT.match(endpoint)
+    try:
+        return match is not None and ipaddress.ip_address(match["host"]).is_loopback
+    except ValueError:
+        return False
 
 
 def to_loopback(endpoint: str) -> str:
