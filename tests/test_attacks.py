@@ -11,20 +11,26 @@ import json
 import random
 import socket
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 import zmq
+from smarthome.core.envelope import Message, encode
+from smarthome.core.logs import LINES_PER_SECOND
+from smarthome.core.protocol import ANSWER_BURST, MAX_INSTANCES
 from support import (
     ALL_IDLE,
     ALL_READY,
     BROKER_CONFIG,
     SHIPPED_CONFIG,
     ServiceProcess,
+    endpoint,
     loopback_config,
     smarthome,
+    wait_until,
     with_key,
 )
 
@@ -141,11 +147,11 @@ def test_fuzz_every_bound_endpoint_then_the_routine_still_works(
 
     endpoints = bound_endpoints(config)
     assert endpoints
-    for seed, (server, endpoint, is_xpub) in enumerate(endpoints):
+    for seed, (server, bound, is_xpub) in enumerate(endpoints):
         if is_xpub:  # its peers are subscribers: anything a subscriber-side socket can send
-            fuzz(attacker(context, zmq.XSUB, endpoint, config, server), subscription_like, seed)
+            fuzz(attacker(context, zmq.XSUB, bound, config, server), subscription_like, seed)
         else:
-            sock = attacker(context, zmq.XPUB, endpoint, config, server)
+            sock = attacker(context, zmq.XPUB, bound, config, server)
             sock.poll(5000)  # its subscription: without one, everything would be filtered out
             fuzz(sock, lambda rng: envelope_like(rng) if rng.random() < 0.7 else random_frames(rng), seed)
 
@@ -212,3 +218,80 @@ def raw_zmtp(endpoint: str, socket_type: bytes, message: bytes) -> socket.socket
     with contextlib.suppress(OSError):  # the peer may hang up once it has read enough to refuse it
         conn.sendall(b"\x02" + struct.pack(">Q", len(message)) + message)
     return conn
+
+
+@pytest.mark.parametrize("source", [SHIPPED_CONFIG, BROKER_CONFIG], ids=["direct", "broker"])
+def test_a_flood_of_one_subscription_costs_a_few_answers_and_a_few_lines(
+    tmp_path: Path, run_service: Start, context: zmq.Context, source: Path
+) -> None:
+    """[P5, C2] 5,000 repeated subscribes to 'light' are answered a few times a heartbeat_interval, not 5,000
+    times, and logged at most LINES_PER_SECOND a second for that peer; one who subscribes meanwhile is answered."""
+    config = loopback_config(tmp_path, source)
+    broker = "broker" in yaml.safe_load(config.read_text())["services"]
+    server = "broker" if broker else "light-switch"
+    services = {name: run_service(name, config) for name in (["broker"] if broker else []) + ["light-switch"]}
+    services["light-switch"].wait_for("published 'light is ON'")
+    target = next(e for name, e, is_xpub in bound_endpoints(config) if name == server and is_xpub)
+
+    def subscriber() -> zmq.Socket:
+        sock = with_key(context.socket(zmq.SUB), config, server=server)
+        sock.subscribe(b"light")
+        sock.connect(target)
+        return sock
+
+    watcher = subscriber()
+    assert watcher.poll(10_000) and watcher.recv_multipart()[0] in (b"light", b"heartbeat")
+    while watcher.poll(500):  # what its own subscription brought
+        watcher.recv_multipart()
+    log, lines_before, started = services[server], len(services[server].messages()), time.monotonic()
+    flood = attacker(context, zmq.XSUB, target, config, server)
+    for _ in range(5_000):
+        flood.send(b"\x01light")
+    latecomer = subscriber()
+    deadline = started + 30
+    said = "LIGHT SWITCH has a new subscriber; answering with a heartbeat and the current state (and "
+    said = "BROKER subscribe 'light' (and " if broker else said
+    while not any(line.startswith(said) for line in log.messages()):  # a line past the flood
+        assert time.monotonic() < deadline, log.output()
+        flood.send(b"\x01light")
+        watcher.poll(200)  # the pause between polls of a deadline loop
+    seconds = time.monotonic() - started
+    answers = 0
+    while watcher.poll(0):
+        answers += watcher.recv_multipart()[0] == b"light"
+    assert 0 < answers <= (seconds + 2) * (ANSWER_BURST + 1), f"{answers} answers in {seconds:.1f}s"
+    lines = len(log.messages()) - lines_before
+    assert lines <= (seconds + 2) * LINES_PER_SECOND + 5, f"{lines} lines in {seconds:.1f}s\n{log.output()}"
+    assert latecomer.poll(10_000), "the subscriber who came during the flood got nothing"
+    assert not log.count("could not handle"), log.output()
+
+
+def test_a_stolen_key_cannot_invent_appliances_and_no_ghost_outlives_offline_after(
+    tmp_path: Path, run_service: Start, context: zmq.Context
+) -> None:
+    """[A2, F1] 300 instance names under the toaster's key: the mirror takes MAX_INSTANCES of them and refuses the
+    rest with a warning; once they fall silent all are forgotten within gone_after, and a real toggle goes through."""
+    fast = {"heartbeat_interval": 0.2, "offline_after": 3, "services.coffee-maker.prep_time": 0}
+    config = loopback_config(tmp_path, **fast)
+    mirror, switch = run_service("smart-mirror", config), run_service("light-switch", config)
+    run_service("coffee-maker", config)
+    stolen = with_key(context.socket(zmq.XPUB), config, "toaster")  # the mirror pins the toaster's key here
+    stolen.bind(endpoint(config, "toaster"))
+    wait_until(lambda: stolen.poll(100) and stolen.recv(), "the mirror's subscription", describe=mirror.output)
+    for i in range(300):
+        sender = f"toaster@ghost-{i}"
+        stolen.send_multipart(encode(Message("heartbeat", sender, 7, 1, time.time(), {"for": "toast"})))
+        stolen.send_multipart(encode(Message("toast", sender, 7, 1, time.time(), {"status": True})))
+    mirror.says(
+        f"MIRROR refused toaster@ghost-{MAX_INSTANCES}: {MAX_INSTANCES} instances of toaster are alive (max_instances)"
+    )
+
+    def ghosts() -> int:
+        return mirror.last("MIRROR coffee=").count("toast@ghost-")
+
+    wait_until(lambda: ghosts() == MAX_INSTANCES, f"{MAX_INSTANCES} ghosts on the mirror", describe=mirror.output)
+    wait_until(lambda: mirror.last("MIRROR coffee=").endswith("toast=unknown"), "no ghost", timeout=5)
+    assert mirror.count("MIRROR forgot toaster@ghost-") == MAX_INSTANCES
+    assert smarthome(config, "light", "off", "--timeout", "30").returncode == 0
+    switch.wait_for("LIGHT SWITCH switched OFF by smarthome-cli@")
+    mirror.says("MIRROR coffee=idle toast=unknown")

@@ -196,7 +196,7 @@ BROKEN = {
         "toggle_period: 0 ",
         "toggle_period: 0.000001 ",
         "services.light-switch.toggle_period",
-        "1e-06 is too fast: 0 (never) or at least 0.1",
+        "1e-06 is too fast: 0 (never) or at least 0.05",
     ),
     "bind_host not an address": (
         "bind_host: 0.0.0.0",

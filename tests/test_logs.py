@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from smarthome.core.logs import WARNINGS_PER_SECOND, LimitedWarnings, TextFormatter, held_lines
+from smarthome.core.logs import LINES_PER_SECOND, PEERS_COUNTED, LimitedLines, TextFormatter, held_lines
 from smarthome.core.sockets import guarded
 
 
@@ -71,21 +71,40 @@ def test_a_held_line_carries_the_time_of_its_call_and_exceptions_are_not_held() 
         assert out.getvalue().splitlines()[-1].endswith("failed: ValueError: bad")
 
 
-def test_warnings_beyond_ten_a_second_are_counted_and_told_with_the_next_line_that_gets_through() -> None:
+def test_lines_beyond_ten_a_second_of_one_peer_are_counted_and_told_with_its_next_line_that_gets_through() -> None:
     log, out = stream_logger()
     now = 100.0
-    limited = LimitedWarnings(log, clock=lambda: now)
-    for i in range(WARNINGS_PER_SECOND + 5):
-        limited.warn("bad %d", i)
+    limited = LimitedLines(log, clock=lambda: now)
+    for i in range(LINES_PER_SECOND + 5):
+        limited.log("bad %d", i, peer="toaster")
+    limited.log("other %d", 1, peer="web")  # another peer's line is not held back by the flood
     now = 101.2
-    limited.warn("bad %d", 99)
-    limited.warn("bad %d", 100)
+    limited.log("bad %d", 99, peer="toaster")
+    limited.log("bad %d", 100, peer="toaster")
     said = [line.split("WARNING ", 1)[1].strip() for line in out.getvalue().splitlines()]
     assert said == [
-        *(f"bad {i}" for i in range(WARNINGS_PER_SECOND)),
+        *(f"bad {i}" for i in range(LINES_PER_SECOND)),
+        "other 1",
         "bad 99 (and 5 more like it held back)",
         "bad 100",
     ]
+
+
+def test_the_peers_counted_apart_are_bounded() -> None:
+    log, out = stream_logger()
+    limited = LimitedLines(log, level=logging.INFO, clock=lambda: 5.0)
+    for peer in range(PEERS_COUNTED + 100):
+        limited.log("hello", peer=peer)
+    assert len(limited.peers) == PEERS_COUNTED and next(iter(limited.peers)) == 100
+    assert out.getvalue().count("INFO    hello") == PEERS_COUNTED + 100
+
+
+@pytest.mark.parametrize("control", ["\n", "\r", "\x1b", "\x85", "\x9b", "\u2028", "\u2029", "\x7f"])
+def test_no_character_a_peer_sends_can_end_a_line(control: str) -> None:
+    log, out = stream_logger()
+    log.warning("dropped a message from %s", f"toaster@x{control}2026-01-01T00:00:00.000Z INFO    forged")
+    assert len(out.getvalue().splitlines()) == 1
+    assert control not in out.getvalue().rstrip("\n")
 
 
 def test_a_handler_that_raises_drops_that_message_with_one_line_and_nothing_else() -> None:

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from smarthome.core import protocol
-from smarthome.core.protocol import RESYNC_MAX, RETIRED_MAX, Beat, Kind, LastValues, Receiver
+from smarthome.core.protocol import RESYNC_MAX, RETIRED_MAX, Answers, Beat, Kind, LastValues, Receiver
 from smarthome.roles import broker
 from smarthome.web import forwarder
 
@@ -198,13 +198,41 @@ def test_a_sender_forgotten_to_keep_the_bound_is_not_handed_out_even_before_it_i
     assert kept.expire(now=1) == ["a@h"] and len(kept) == 1
 
 
+def test_a_service_has_at_most_max_instances_alive_and_a_new_one_is_taken_once_one_is_forgotten() -> None:  # [A2]
+    refused: list[str] = []
+    r = receiver(max_instances=2, on_refused=refused.append)
+    assert r.heartbeat("toaster@1", A, "light", 0, now=0) is Beat.TAKEN
+    assert r.take("toaster@2", A, "light", 1, now=0.1)
+    assert r.heartbeat("toaster@3", A, "light", 0, now=0.2) is Beat.DROPPED  # a third instance
+    assert not r.take("toaster@3", A, "light", 1, now=0.3)
+    assert r.take("switch@1", A, "light", 1, now=0.4)  # another service counts apart
+    assert not r.take("toaster@1", B, "light", 1, now=0.5)  # [L4] before its heartbeat
+    assert r.heartbeat("toaster@1", B, "light", 0, now=0.5) is Beat.TAKEN  # a new life of toaster@1: no new instance
+    assert refused == ["toaster@3", "toaster@3"] and r.life_of("toaster@3") is None  # a new life is no new one
+    assert r.expire(now=0.1 + GONE_AFTER + 0.01) == ["toaster@2"]
+    assert r.take("toaster@3", A, "light", 1, now=2)  # room again: toaster@2 was forgotten [F1]
+    assert r.instances == {"toaster": 2, "switch": 1}
+
+
+def test_answers_come_at_once_up_to_a_burst_then_once_when_the_window_closes() -> None:  # [P5]
+    answers = Answers(interval=INTERVAL, burst=3)
+    assert [answers.now(b"light", now=10) for _ in range(5)] == [True, True, True, False, False]
+    assert answers.now(b"", now=10.1)  # another prefix has its own window (the broker's answers differ by prefix)
+    assert answers.next_due() == 10 + INTERVAL
+    assert answers.due(now=10 + INTERVAL - 0.01) == []
+    assert answers.due(now=10 + INTERVAL) == [b"light"]  # one answer for the two held
+    assert answers.next_due() is None and answers.due(now=11) == []
+    assert [answers.now(b"light", now=10 + INTERVAL + 0.1) for _ in range(3)] == [True, True, False]  # a window
+    assert answers.now(b"light", now=10 + 2 * INTERVAL + 0.1)  # opened by the held answer, now closed
+
+
 def test_the_bounds_the_document_gives_are_the_codes() -> None:  # [B]
     table = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text().partition("## B.")[2]
     documented = dict(re.findall(r"^\| ([A-Z_]+) \| (\d+) \|", table, re.M))
     modules = (protocol, broker, forwarder)
     code = {name: next(getattr(m, name) for m in modules if hasattr(m, name)) for name in documented}
     assert documented == {name: str(value) for name, value in code.items()}
-    assert len(documented) == 8
+    assert len(documented) == 10
 
 
 # --- the model: a reference written plainly, a world that knows the truth ---

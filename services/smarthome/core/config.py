@@ -18,7 +18,7 @@ import msgspec
 import yaml
 
 from smarthome.core.envelope import HEARTBEAT_TOPIC
-from smarthome.core.protocol import Kind
+from smarthome.core.protocol import MAX_INSTANCES, MAX_SENDERS, Kind
 from smarthome.core.schema import explain
 
 CONFIG_ENV = "SMARTHOME_CONFIG"
@@ -29,7 +29,7 @@ DOCKER_HOST = "docker-host"  # in web.token_free_peers: the container's default 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML; a bigger file is refused before it is parsed
 MAX_CONFIG_DEPTH = 32  # nesting: ours is 5 deep; a 5,000-deep list would exhaust Python's stack
 MAX_NUMBER_CHARS = 40  # digits of one number: none of ours needs more, and Python refuses past 4,300
-MIN_TOGGLE_PERIOD = 0.1  # seconds: the light switch toggles at most 10 times a second (0 = never)
+MIN_TOGGLE_PERIOD = 0.05  # seconds: the light switch toggles at most 20 times a second (0 = never)
 Topic = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 ServiceName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{0,39}$")]  # also names its key file
 DisplayName = Annotated[str, msgspec.Meta(pattern=r"^[^\x00-\x1f\x7f]{1,40}$")]  # printable: it goes in every log line
@@ -149,6 +149,8 @@ class _Settings(_Strict):
     topics: dict[Topic, Kind]  # every topic on the wire and its kind (docs/protocol.md, K1-K6)
     services: dict[ServiceName, Any]
     curve: bool = True  # CurveZMQ on every connection: encrypted, and only known keys get in
+    # [A2] alive instances per service a receiver takes: a stolen key cannot invent a thousand appliances
+    max_instances: Annotated[int, msgspec.Meta(ge=1, le=MAX_SENDERS)] = MAX_INSTANCES
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -160,6 +162,7 @@ class Config(msgspec.Struct, frozen=True):
     topics: dict[str, Kind]
     services: dict[str, ServiceConfig]
     curve: bool = True
+    max_instances: int = MAX_INSTANCES
 
     @property
     def gone_after(self) -> float:
@@ -240,6 +243,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         settings.topics,
         services,
         settings.curve,
+        settings.max_instances,
     )
     _check_wiring(config)
     for name, service in services.items():

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -26,8 +27,10 @@ from smarthome.core.config import ConfigError
 LEVEL_ENV = "SMARTHOME_LOG_LEVEL"
 FORMAT_ENV = "SMARTHOME_LOG_FORMAT"
 LEVELS = ("debug", "info", "warning", "error", "critical")
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]}  # newlines, escape sequences, ...
-WARNINGS_PER_SECOND = 10  # warnings about single bad messages beyond this are counted, not printed
+# C0 and C1 controls (newlines, escape sequences, NEL) and Unicode's own line breaks: a peer cannot end a line.
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), *range(127, 160)]} | {c: f"\\u{c:04x}" for c in (0x2028, 0x2029)}
+LINES_PER_SECOND = 10  # lines one peer's traffic may cause; beyond this they are counted, not printed
+PEERS_COUNTED = 256  # peers whose lines are counted apart; the least recently heard is dropped past this
 
 
 class _Formatter(logging.Formatter):
@@ -158,26 +161,30 @@ def held_lines() -> Iterator[HeldLines]:
         held.flush()
 
 
-class LimitedWarnings:
-    """Warnings about single bad messages, at most WARNINGS_PER_SECOND a second: a flood of bad input must
-    not flood the log. What is held back is counted and reported with the next line that gets through."""
+class LimitedLines:
+    """Lines about what peers send, at most LINES_PER_SECOND a second per peer: a flood of bad input or of
+    subscriptions must not flood the log, nor hide what others do. What is held back is counted and told with
+    that peer's next line that gets through. `peer`: the key it authenticated with, or whatever tells it apart."""
 
-    def __init__(self, log: logging.Logger, clock: Callable[[], float] = time.monotonic) -> None:
-        self.log = log
+    def __init__(self, log: logging.Logger, level: int = logging.WARNING, clock: Callable[[], float] = time.monotonic):
+        self.logger = log
+        self.level = level
         self.clock = clock
-        self.second = 0
-        self.printed = 0
-        self.held_back = 0
+        self.peers: OrderedDict[object, list[int]] = OrderedDict()  # peer -> [second, printed, held back]
 
-    def warn(self, message: str, *args: object) -> None:
+    def log(self, message: str, *args: object, peer: object = None) -> None:
         now = int(self.clock())
-        if now != self.second:
-            self.second, self.printed = now, 0
-        if self.printed >= WARNINGS_PER_SECOND:
-            self.held_back += 1
+        count = self.peers.pop(peer, None) or [now, 0, 0]
+        self.peers[peer] = count  # the most recently heard last
+        if len(self.peers) > PEERS_COUNTED:
+            self.peers.popitem(last=False)
+        if count[0] != now:
+            count[0], count[1] = now, 0
+        if count[1] >= LINES_PER_SECOND:
+            count[2] += 1
             return
-        self.printed += 1
-        if self.held_back:
-            message += f" (and {self.held_back} more like it held back)"
-            self.held_back = 0
-        self.log.warning(message, *args)
+        count[1] += 1
+        if count[2]:
+            message += f" (and {count[2]} more like it held back)"
+            count[2] = 0
+        self.logger.log(self.level, message, *args)

@@ -49,6 +49,14 @@ class Subscription(NamedTuple):
         return cls(frames[0][:1] == b"\x01", frames[0][1:])
 
 
+def refused_instance(label: str, name: str, max_instances: int) -> None:
+    """[A2] One (rate-limited per service) warning for a sender refused as one instance too many."""
+    service = name.partition("@")[0]
+    warnings.log(
+        "%s refused %s: %d instances of %s are alive (max_instances)", label, name, max_instances, service, peer=service
+    )
+
+
 class Outbox:
     """One publisher's side of the envelope: sender, life, seq, the current state and who listens to its topic."""
 
@@ -124,7 +132,14 @@ class Subscriber:
         self.topics = frozenset(self.wanted or self.kinds)  # what reaches the Receiver [K1]
         self.body_type = body_type
         self.socks: list[zmq.Socket] = []  # the SUB sockets this subscriber reads, subscribed to `subscriptions`
-        self.receiver = Receiver(config.topics, config.gone_after, config.heartbeat_interval, self._gap)
+        self.receiver = Receiver(
+            config.topics,
+            config.gone_after,
+            config.heartbeat_interval,
+            self._gap,
+            max_instances=config.max_instances,
+            on_refused=lambda name: refused_instance(label, name, config.max_instances),
+        )
 
     @property
     def subscriptions(self) -> list[str]:
@@ -138,17 +153,17 @@ class Subscriber:
             message = decode(frames, self.body_type)
         except EnvelopeError as exc:
             if not self._unwanted(topic_of(frames)):
-                warnings.warn("%s dropped a malformed message: %s", self.label, exc)
+                warnings.log("%s dropped a malformed message: %s", self.label, exc, peer=peer)
             return None
         topic = message.topic
         if topic == HEARTBEAT_TOPIC:
             return self._heartbeat(message, peer)
         if topic not in self.topics:
             if not self.wanted:  # a subscriber of everything hears every topic: one nobody declared is refused
-                warnings.warn("%s dropped a message on '%s': not a declared topic", self.label, topic)
+                warnings.log("%s dropped a message on '%s': not a declared topic", self.label, topic, peer=peer)
             return None  # [K1] ('light' subscribed also matches 'lightning')
         if self.policy and (refused := self.policy.refuses(peer or "?", message.sender, topic)):
-            warnings.warn("%s dropped a message on '%s': %s", self.label, topic, refused)
+            warnings.log("%s dropped a message on '%s': %s", self.label, topic, refused, peer=peer)
             return None
         if not self.receiver.take(message.sender, message.life, topic, message.seq, time.monotonic()):
             return None
@@ -161,12 +176,13 @@ class Subscriber:
     def _heartbeat(self, message: Message, peer: str | None) -> tuple[Message, None] | None:
         topic = message.body.get("for")
         if not isinstance(topic, str):
-            warnings.warn("%s dropped a malformed heartbeat from %s: no 'for' topic", self.label, message.sender)
+            sender = message.sender
+            warnings.log("%s dropped a malformed heartbeat from %s: no 'for' topic", self.label, sender, peer=peer)
             return None
         if topic not in (self.kinds if HEARTBEAT_TOPIC in self.wanted else self.topics):
             return None  # [K5] not a topic we receive (asked for heartbeats themselves: any declared one)
         if self.policy and (refused := self.policy.refuses(peer or "?", message.sender, topic)):
-            warnings.warn("%s dropped a heartbeat for '%s': %s", self.label, topic, refused)
+            warnings.log("%s dropped a heartbeat for '%s': %s", self.label, topic, refused, peer=peer)
             return None
         beat = self.receiver.heartbeat(message.sender, message.life, topic, message.seq, time.monotonic())
         if beat is Beat.DROPPED:

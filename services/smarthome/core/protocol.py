@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import enum
 import math
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 
 MAX_SENDERS = 10_000  # [F2, F3] senders alive at one receiver, and forgotten senders remembered
+MAX_INSTANCES = 16  # [A2] the config's default for `max_instances`: alive senders per service
 RETIRED_MAX = 4  # [L5] retired lives remembered per sender
 RESYNC_MAX = 3  # [R3] asks while one stream is behind
 LAST_VALUES_MAX = 10_000  # [C6] messages the broker keeps
 LAST_VALUES_MAX_BYTES = 16 << 20  # [C6] and bytes
+ANSWER_BURST = 8  # [P5] answers to one prefix per heartbeat_interval; more subscriptions share one answer
 
 
 class Kind(enum.StrEnum):
@@ -123,6 +125,8 @@ class Receiver:
         heartbeat_interval: float,
         on_gap: Callable[[str, int], None] | None = None,
         max_senders: int = MAX_SENDERS,
+        max_instances: int = MAX_INSTANCES,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.kinds = kinds
         self.gone_after = gone_after
@@ -130,6 +134,8 @@ class Receiver:
         self.resync = Resync(heartbeat_interval)
         self.on_gap = on_gap
         self.max_senders = max_senders
+        self.max_instances, self.on_refused = max_instances, on_refused
+        self.instances: Counter[str] = Counter()  # [A2] senders alive per service
         self.alive: OrderedDict[str, Sender] = OrderedDict()  # least recently heard first [L2]
         self.forgotten: OrderedDict[str, Sender] = OrderedDict()  # [F2] least recently forgotten first
         self._evicted: list[str] = []  # [F3] forgotten to keep the bound; reported by the next expire()
@@ -138,7 +144,8 @@ class Receiver:
         """Whether the message `seq` of `name`'s `life` on `topic` (a declared one) is taken."""
         sender = self.alive.get(name)
         if sender is None:
-            sender = self._arrive(name, life, now)
+            if (sender := self._arrive(name, life, now)) is None:
+                return False  # [A2]
         elif sender.life != life:
             return False  # [L4] not proven to run: an older life's re-sent state, or a new one before its heartbeat
         stream = sender.streams.get(topic)
@@ -159,7 +166,8 @@ class Receiver:
             return Beat.DROPPED  # [K1]
         sender = self.alive.get(name)
         if sender is None:
-            sender = self._arrive(name, life, now)
+            if (sender := self._arrive(name, life, now)) is None:
+                return Beat.DROPPED  # [A2]
         elif sender.life != life:
             if life in sender.retired and now - sender.heard <= self.quiet_after:
                 return Beat.DROPPED  # [L5]
@@ -176,9 +184,16 @@ class Receiver:
             return Beat.ASK
         return Beat.TAKEN
 
-    def _arrive(self, name: str, life: int, now: float) -> Sender:
+    def _arrive(self, name: str, life: int, now: float) -> Sender | None:
         """[L3, F2] `name`, not alive, is from now on, with `life` current: as it was if that life comes back,
-        afresh otherwise. (A copy of a command already taken revives it too, though it is dropped [G2].)"""
+        afresh otherwise. (A copy of a command already taken revives it too, though it is dropped [G2].)
+        None if its service has `max_instances` alive already [A2]."""
+        service = name.partition("@")[0]
+        if self.instances[service] >= self.max_instances:
+            if self.on_refused:
+                self.on_refused(name)
+            return None
+        self.instances[service] += 1
         sender = self.forgotten.pop(name, None) or Sender(life)
         if sender.life != life:
             sender.live(life)
@@ -198,6 +213,10 @@ class Receiver:
     def _forget(self, name: str) -> None:
         """[F1, F2] `name` is no longer alive: nothing held, no retired life, but remembered as it was."""
         sender = self.alive.pop(name)
+        service = name.partition("@")[0]
+        self.instances[service] -= 1
+        if not self.instances[service]:
+            del self.instances[service]
         sender.retired = ()
         for topic, stream in sender.streams.items():
             if self.kinds.get(topic) is Kind.STATE:  # a command's seq stays: it is never acted on twice [G2]
@@ -277,3 +296,40 @@ class LastValues:
         for (topic, name), (life, frames) in list(self._kept.items()):
             if topic.startswith(prefix) and life_of(name) == life:
                 yield frames
+
+
+class Answers:
+    """[P5, C2] When a subscription is answered: at once, up to ANSWER_BURST times per prefix in a window of one
+    heartbeat_interval (the window opens with its first answer); past that, once when the window closes, for
+    every subscription that came meanwhile. Each answer goes to every subscriber of the prefix, so the later ones
+    lose nothing, and a flood of one subscription costs at most ANSWER_BURST + 1 answers a window.
+    The prefixes are the caller's to bound (to those of its topics)."""
+
+    def __init__(self, interval: float, burst: int = ANSWER_BURST) -> None:
+        self.interval, self.burst = interval, burst
+        self._windows: dict[bytes, list[float]] = {}  # prefix -> [opened at, answers in it]
+        self._pending: dict[bytes, float] = {}  # prefix -> when its window closes: one answer due then
+
+    def now(self, prefix: bytes, now: float) -> bool:
+        """A subscription to `prefix` came: whether to answer it now (else it is due when `due` says)."""
+        window = self._windows.get(prefix)
+        if window is None or now >= window[0] + self.interval:
+            self._windows[prefix] = [now, 1]
+            return True
+        if window[1] < self.burst:
+            window[1] += 1
+            return True
+        self._pending[prefix] = window[0] + self.interval
+        return False
+
+    def next_due(self) -> float | None:
+        """When the earliest held answer is due, None if none is held."""
+        return min(self._pending.values(), default=None)
+
+    def due(self, now: float) -> list[bytes]:
+        """The prefixes whose held answer is due now, each answered in a window of its own from now."""
+        due = [prefix for prefix, at in self._pending.items() if at <= now]
+        for prefix in due:
+            del self._pending[prefix]
+            self._windows[prefix] = [now, 1]
+        return due

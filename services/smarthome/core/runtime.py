@@ -24,7 +24,8 @@ from smarthome.core.envelope import HEARTBEAT_TOPIC, Message
 from smarthome.core.identity import HEALTH_TOUCH_EVERY, Identity
 from smarthome.core.logs import held_lines
 from smarthome.core.messaging import Body, Outbox, Subscriber, Subscription, send_frames
-from smarthome.core.sockets import Handler, Sockets, dropped
+from smarthome.core.protocol import Answers
+from smarthome.core.sockets import Handler, Sockets, dropped, subscriptions
 
 _NOBLOCK, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
 DRAIN_LIMIT = 1000  # messages read from one socket per wakeup, so no socket starves the others
@@ -226,14 +227,18 @@ class Publisher:
 
     This is how late joiners learn the state without sleeps: a subscriber that connects (or reconnects)
     sends its subscription, XPUB_VERBOSE hands every one of them to us, and we answer. Other subscribers
-    get a copy too and drop it by seq [G2]. It also sends a heartbeat every heartbeat_interval [P1].
+    get a copy too and drop it by seq [G2]. Answers are paced [P5]: a flood of subscriptions costs a few.
+    It also sends a heartbeat every heartbeat_interval [P1].
     `on_listener` is called whenever a subscription names our topic exactly (a catch-all does not).
     """
 
     def __init__(self, loop: Loop, spec: Publish, on_listener: Callable[[], None] | None = None) -> None:
+        self.loop = loop
         self.outbox = Outbox(loop.me, spec.topic, loop.me.config.topics[spec.topic])
         self.on_listener = on_listener
         self.label = loop.me.label
+        self.answers = Answers(loop.me.config.heartbeat_interval)
+        self.answer_held: Timer | None = None
         self.sock = loop.sockets.publisher(spec)
         loop.on_message(self.sock, self._on_subscription)
         loop.every(loop.me.config.heartbeat_interval, lambda: send_frames(self.sock, self.outbox.heartbeat()))
@@ -254,8 +259,22 @@ class Publisher:
         named = self.outbox.heard(subscription)
         if not (subscription.on and self.outbox.concerns(subscription)):
             return
-        log.info("%s has a new subscriber; answering with a heartbeat and the current state", self.label)
-        for frames in self.outbox.answer():
-            send_frames(self.sock, frames)
+        # libzmq tells nothing of who subscribed (no User-Id on an XPUB's subscriptions): limited as one.
+        subscriptions.log("%s has a new subscriber; answering with a heartbeat and the current state", self.label)
+        # One pace for every prefix: each gets the same answer, and it reaches every subscriber of our topic.
+        if self.answers.now(b"", time.monotonic()):
+            self._answer()
+        elif not self.answer_held:
+            due = self.answers.next_due() or 0.0
+            self.answer_held = self.loop.call_later(due - time.monotonic(), self._answer_due)
         if named and self.on_listener:
             self.on_listener()
+
+    def _answer(self) -> None:
+        for frames in self.outbox.answer():
+            send_frames(self.sock, frames)
+
+    def _answer_due(self) -> None:
+        self.answer_held = None
+        if self.answers.due(time.monotonic()):
+            self._answer()

@@ -20,7 +20,7 @@ from zmq.auth.base import Authenticator
 from smarthome.core.config import Publish, Subscribe
 from smarthome.core.identity import Identity
 from smarthome.core.keys import ZAP_DOMAIN, Keys, Policy, answer_zap, authenticator
-from smarthome.core.logs import LimitedWarnings
+from smarthome.core.logs import LimitedLines
 
 if TYPE_CHECKING:
     from smarthome.core.messaging import Subscriber
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 Handler = Callable[..., None]  # handler(frames), or handler(frames, peer) where the loop reads the peer's User-Id
 Watch = Callable[..., None]  # watch(sock, handler, peer=False): how a loop calls the handler for each message
 log = logging.getLogger("smarthome")
-warnings = LimitedWarnings(log)
+warnings = LimitedLines(log)  # about what peers send
+subscriptions = LimitedLines(log, logging.INFO)  # who subscribes: a peer may send thousands a second
 SUBSCRIPTION_MAX_BYTES = 1024  # above libzmq's 0-275 range that breaks the handshake (libzmq #4436)
 TCP_KEEPALIVE_IDLE = 10  # seconds of silence before the kernel probes a connection
 TCP_KEEPALIVE_INTVL = 2  # seconds between probes
@@ -49,7 +50,7 @@ def guarded(label: str, handler: Handler) -> Handler:
 
 def dropped(label: str, error: Exception) -> None:
     """One (rate-limited) warning for a message whose handler raised `error`."""
-    warnings.warn("%s dropped a message it could not handle: %s: %s", label, type(error).__name__, error)
+    warnings.log("%s dropped a message it could not handle: %s: %s", label, type(error).__name__, error)
 
 
 class ConnectionLog:

@@ -6,6 +6,7 @@ joiners learn the whole state at once), forgets a sender that went quiet (so no 
 each subscribe and unsubscribe: docs/protocol.md, rules C. Both sockets live on the one loop.
 """
 
+import functools
 import logging
 import re
 import time
@@ -15,10 +16,10 @@ import zmq
 from smarthome.core.config import BrokerConfig
 from smarthome.core.envelope import HEARTBEAT_TOPIC, EnvelopeError, decode_head
 from smarthome.core.identity import Identity
-from smarthome.core.messaging import Subscription, send_frames
-from smarthome.core.protocol import Beat, LastValues, Receiver
+from smarthome.core.messaging import Subscription, refused_instance, send_frames
+from smarthome.core.protocol import Answers, Beat, LastValues, Receiver
 from smarthome.core.runtime import Loop
-from smarthome.core.sockets import warnings
+from smarthome.core.sockets import subscriptions, warnings
 
 log = logging.getLogger(__name__)
 UPSTREAM_MAX = 1_000  # [C5] distinct subscriptions passed on to the publishers; beyond it they are refused
@@ -36,21 +37,31 @@ def main(me: Identity, spec: BrokerConfig) -> int:
     def missed(sender: str, count: int) -> None:
         log.warning("%s missed %d messages from %s", spec.name, count, sender)
 
-    kept = LastValues(Receiver(config.topics, config.gone_after, config.heartbeat_interval, missed))
+    refused = functools.partial(refused_instance, spec.name, max_instances=config.max_instances)
+    kept = LastValues(
+        Receiver(
+            config.topics,
+            config.gone_after,
+            config.heartbeat_interval,
+            missed,
+            max_instances=config.max_instances,
+            on_refused=refused,
+        )
+    )
     upstream: set[bytes] = set()  # subscriptions the publishers have from us
 
     def forward(frames: list[bytes], peer: str | None = None) -> None:
         try:
             topic, concerns, head = decode_head(frames)
         except EnvelopeError as exc:
-            warnings.warn("%s dropped a malformed message: %s", spec.name, exc)
+            warnings.log("%s dropped a malformed message: %s", spec.name, exc, peer=peer)
             return
         if concerns not in config.topics:
-            warnings.warn("%s dropped a message on '%s': not a declared topic", spec.name, concerns)
+            warnings.log("%s dropped a message on '%s': not a declared topic", spec.name, concerns, peer=peer)
             return  # [K1]
         # [A1] The first hop: only here is the publisher's key known, so only here can it be checked.
         if policy and (refused := policy.refuses(peer or "?", head.sender, concerns)):
-            warnings.warn("%s dropped a message on '%s': %s", spec.name, topic, refused)
+            warnings.log("%s dropped a message on '%s': %s", spec.name, topic, refused, peer=peer)
             return
         send_frames(to_subscribers, frames)
         if topic != HEARTBEAT_TOPIC:
@@ -78,7 +89,8 @@ def main(me: Identity, spec: BrokerConfig) -> int:
             return  # XPUB peers have nothing else to say, and no topic looks like this
         prefix = subscription.prefix
         shown = f"'{prefix.decode()}'" if prefix else "all topics"
-        log.info("%s %s %s", spec.name, "subscribe" if subscription.on else "unsubscribe", shown)
+        # libzmq tells nothing of who subscribed (no User-Id on an XPUB's subscriptions): limited as one.
+        subscriptions.log("%s %s %s", spec.name, "subscribe" if subscription.on else "unsubscribe", shown)
         # [C5] Upstream, only the first subscribe and the last unsubscribe: the XSUB counts what it is sent, and
         # a publisher learns of a new subscriber anyway, from the last values we hand out below.
         if subscription.on and prefix not in upstream and len(upstream) < UPSTREAM_MAX:
@@ -87,10 +99,26 @@ def main(me: Identity, spec: BrokerConfig) -> int:
         elif not subscription.on and prefix in upstream:
             upstream.discard(prefix)
             from_publishers.send(frames[0])
-        if subscription.on:
-            for last in kept.matching(prefix.decode()):  # [C2]
-                send_frames(to_subscribers, last)
+        if not subscription.on or not any(topic.startswith(prefix.decode()) for topic in config.topics):
+            return  # nothing kept to answer with: and the prefixes paced are those of the declared topics
+        if answers.now(prefix, time.monotonic()):  # [C2, P5]
+            answer(prefix)
+        elif not held:
+            held.append(loop.call_later((answers.next_due() or 0.0) - time.monotonic(), answer_due))
 
+    def answer(prefix: bytes) -> None:
+        for last in kept.matching(prefix.decode()):  # [C2]
+            send_frames(to_subscribers, last)
+
+    def answer_due() -> None:
+        held.clear()
+        for prefix in answers.due(time.monotonic()):
+            answer(prefix)
+        if (due := answers.next_due()) is not None:
+            held.append(loop.call_later(due - time.monotonic(), answer_due))
+
+    answers = Answers(config.heartbeat_interval)
+    held: list[object] = []  # the timer for the answers held, if one is set
     loop.on_message(from_publishers, forward, peer=policy is not None)
     loop.on_message(to_subscribers, on_subscription)
     loop.every(config.heartbeat_interval, expire)
