@@ -13,8 +13,8 @@ host-mode port, on purpose, or none), rather than widen it.
 
 CurveZMQ: the keys in ./keys (made by the image's `smarthome keys` when missing) go in as swarm objects: each
 service gets only its own secret key (a secret, at /run/secrets/, never in the image or an env var) and
-everyone's public keys (configs, at /keys/). Their names carry a hash of the content: configs and secrets
-cannot change in place, so a new key is a new object.
+everyone's public keys (configs, at /keys/); the dashboard its access token (a secret too). Their names carry
+a hash of the content: configs and secrets cannot change in place, so a new key is a new object.
 
 The image is given by ID (SMARTHOME_IMAGE, default: the ID of smarthome:latest here), and deployed with
 --resolve-image never: a node without a registry starts the image it was given, which must already be there
@@ -108,6 +108,10 @@ def with_keys(stack: dict[str, Any]) -> dict[str, Any]:
         service["secrets"] = [{"source": secret, "target": "smarthome.key_secret", "uid": "10001", "mode": 0o400}]
         service["configs"] = service.get("configs", []) + [{"source": s, "target": f"/keys/{f}"} for s, f in public]
         service.setdefault("environment", {})["SMARTHOME_SECRET_KEY"] = "/run/secrets/smarthome.key_secret"
+        if (token := KEYS / f"{name}.token").exists():  # a dashboard's access token: a secret too
+            mounted = {"source": named("secrets", token), "target": "smarthome.token", "uid": "10001", "mode": 0o400}
+            service["secrets"].append(mounted)
+            service["environment"]["SMARTHOME_TOKEN_FILE"] = "/run/secrets/smarthome.token"
     return stack
 
 

@@ -25,6 +25,7 @@ import zmq
 from smarthome.core.config import load_config
 from smarthome.core.identity import TOOLS
 from smarthome.core.keys import KeyRing, key_names, keys_dir
+from smarthome.web.guard import TOKEN_COOKIE
 
 if TYPE_CHECKING:
     import docker
@@ -46,7 +47,9 @@ CHROMIUM_ARGS = [
     "--host-resolver-rules=MAP evil.example 127.0.0.1",  # DNS rebinding, without a DNS server
 ]
 WIRINGS = {"direct": ("docker-compose.yml",), "broker": BROKER_FILES}  # compose files of each wiring
-DEADLINE = 15.0  # seconds any awaited condition may take before a test fails
+# Seconds any awaited condition may take before a test fails; the mutation run lowers it, so that a mutant that
+# breaks a wait is told in seconds (each condition takes well under one when the code is right).
+DEADLINE = float(os.environ.get("SMARTHOME_TEST_DEADLINE", "15"))
 COMPOSE_TIMEOUT = 300  # seconds for one compose command (a first build installs dependencies)
 BROKER_ROUTINE = ["broker", "light-switch", "kitchen-light", "coffee-maker", "toaster", "smart-mirror", "radio"]
 ALL_READY = "MIRROR coffee=ready toast=ready"
@@ -115,6 +118,17 @@ def with_key(sock: zmq.Socket, config: Path, name: str = TOOLS, server: str | No
     else:
         sock.curve_server = True
     return sock
+
+
+def dashboard_token(config: Path, web: str = "web") -> str:
+    """The dashboard's access token for `config`: made beside its keys when the web first starts."""
+    return KeyRing(keys_dir(load_config(config))).token(web).decode()
+
+
+def as_page(base: str, config: Path) -> dict[str, str]:
+    """The headers the dashboard's own page at `base` (scheme://host:port) sends with /ws: its Origin, and the
+    token as the cookie that /?token= set."""
+    return {"Origin": base, "Cookie": f"{TOKEN_COOKIE}={dashboard_token(config)}"}
 
 
 def listener(context: zmq.Context, config: Path, service: str, *topics: bytes) -> zmq.Socket:

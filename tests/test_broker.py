@@ -22,6 +22,7 @@ from support import (
     DEADLINE,
     HOST,
     ServiceProcess,
+    as_page,
     endpoint,
     loopback_config,
     wait_until,
@@ -119,7 +120,8 @@ async def test_the_dashboard_knows_when_no_light_switch_listens_through_the_brok
             if event["topic"] == "error" or (event["topic"], event["body"]) == ("light", {"state": "OFF"}):
                 return event
 
-    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+    page = as_page(url.removesuffix("/ws"), config)
+    async with aiohttp.ClientSession() as session, session.ws_connect(url, headers=page) as ws:
         assert (await command_reply(ws))["body"] == {"error": "no light switch is listening"}
         switch = run_service("light-switch", config)
         subscribed = "BROKER subscribe 'light-set'"

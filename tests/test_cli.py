@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from support import (
     ALL_IDLE,
     ALL_READY,
@@ -184,6 +186,26 @@ def test_pub_in_direct_wiring_says_where_it_cannot_publish(direct: Path) -> None
         1,
         "smarthome: in this wiring nothing accepts messages on 'coffee' from outside; use the broker wiring",
     )
+
+
+def test_dashboard_prints_the_address_with_the_token_the_web_will_want(tmp_path: Path) -> None:
+    config = loopback_config(tmp_path)  # keys of its own: a folder the test owns
+    env = smarthome_env(config)
+    env["SMARTHOME_KEYS"] = str(tmp_path / "keys")
+    token_file = tmp_path / "keys" / "web.token"
+    assert one_line(run("dashboard", env=env), 1, "smarthome: no dashboard token in ") == (
+        f"smarthome: no dashboard token in {token_file} ([Errno 2] No such file or directory: '{token_file}'): "
+        "has the stack started once?"
+    )
+    made = run("keys", env=env)
+    assert made.returncode == 0 and "web.token" in made.stderr, made
+    token = token_file.read_text().strip()
+    assert len(token) == 43 and stat.S_IMODE(token_file.stat().st_mode) == 0o600  # the user's own, like the keys
+    port = yaml.safe_load(config.read_text())["services"]["web"]["port"]
+    assert run("dashboard", env=env).stdout == f"http://127.0.0.1:{port}/?token={token}\n"
+    moved = run("dashboard", env={**env, f"SMARTHOME_HOST_PORT_{port}": "18080"})  # where compose publishes it
+    assert moved.stdout == f"http://127.0.0.1:18080/?token={token}\n"
+    assert run("keys", env=env).returncode == 0 and token_file.read_text().strip() == token  # made once
 
 
 def test_help_describes_every_argument_and_version_is_printed() -> None:

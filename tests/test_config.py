@@ -216,18 +216,6 @@ BROKEN = {
         "services.smart-mirror.subscribe.connect[1]",
         "cannot connect to 'tcp://*:5558': '*' is only for bind",
     ),
-    "beyond loopback, no token": (
-        "token_free_peers: [docker-host]",
-        "token_free_peers: []",
-        "services.web.bind_host",
-        "binding 0.0.0.0 (beyond loopback) needs 'access_token_file'",
-    ),
-    "token-free peer not a network": (
-        "token_free_peers: [docker-host]",
-        "token_free_peers: [docker-hots]",
-        "services.web.token_free_peers[0]",
-        "'docker-hots' is neither an IP address, a network nor 'docker-host'",
-    ),
     "host header with a slash": (
         "allowed_hosts: []",
         "allowed_hosts: [evil.example/x]",

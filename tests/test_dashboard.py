@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from support import ALL_READY, CHROMIUM, CHROMIUM_ARGS, ROOT, Stack, free_port, unavailable
+from support import ALL_READY, CHROMIUM, CHROMIUM_ARGS, ROOT, SHIPPED_CONFIG, Stack, free_port, smarthome, unavailable
 
 pytestmark = pytest.mark.docker
 
@@ -94,8 +94,14 @@ def test_the_dashboard_shows_the_routine_switches_the_light_and_sees_an_applianc
 ) -> None:
     stack.compose("up", "--detach", "--wait", "--wait-timeout", "60")
     stack.logs("smart-mirror").wait_for(ALL_READY)
+    printed = smarthome(SHIPPED_CONFIG, "dashboard")  # the address with the token, as a user gets it
+    assert printed.returncode == 0 and printed.stdout.startswith(f"{URL}?token="), printed
+    address = printed.stdout.strip()
     page = browser.new_page(viewport={"width": 1280, "height": 720})
-    page.goto(URL)
+    page.goto(URL)  # without the token: the page asks for it
+    expect(page.locator("#connection")).to_have_text("access token required", timeout=WAIT_MS)
+    page.goto(address)
+    assert page.url == URL  # the token is kept as a cookie, not in the address
     expect(page.locator("#connection")).to_have_text("live", timeout=WAIT_MS)
     expect(card(page, "light")).to_have_attribute("data-state", "light ON", timeout=WAIT_MS)
     expect(card(page, "coffee")).to_have_attribute("data-state", "coffee ready", timeout=WAIT_MS)
@@ -115,13 +121,13 @@ def test_the_dashboard_shows_the_routine_switches_the_light_and_sees_an_applianc
     shot(page, "dashboard.png")
 
     phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
-    phone.goto(URL)
+    phone.goto(address)
     expect(card(phone, "mirror")).to_have_attribute("data-state", "coffee ready, toast ready", timeout=WAIT_MS)
     assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "scrolls sideways"
     shot(phone, "dashboard-phone.png")
 
     a_hostile_page_can_neither_read_nor_drive_the_home(stack, browser, other_origin)
-    from_another_container_ws_needs_the_token(stack)
+    another_container_needs_the_token_too(stack)
 
     stack.compose("stop", "toaster")
     expect(card(page, "toast")).to_have_attribute("data-online", "false", timeout=WAIT_MS)
@@ -147,13 +153,13 @@ def a_hostile_page_can_neither_read_nor_drive_the_home(stack: Stack, browser: Br
     assert stack.logs("light-switch").count("switched") == switched, "a hostile page switched the light"
 
 
-def from_another_container_ws_needs_the_token(stack: Stack) -> None:
-    """Only the host's loopback reaches the dashboard without a token: a container on its network does not."""
+def another_container_needs_the_token_too(stack: Stack) -> None:
+    """A container on the dashboard's network, with the page's Origin but no token, is closed with 4401."""
     probe = (
         "import asyncio, aiohttp\n"
         "async def main():\n"
         "    async with aiohttp.ClientSession() as s, s.ws_connect('http://web:8080/ws',"
-        " headers={'Host': '127.0.0.1:8080'}) as ws:\n"
+        " headers={'Host': '127.0.0.1:8080', 'Origin': 'http://127.0.0.1:8080'}) as ws:\n"
         "        m = await ws.receive(); print(m.type.name, m.data)\n"
         "asyncio.run(main())\n"
     )

@@ -30,6 +30,7 @@ from support import (
     HOST,
     SHIPPED_CONFIG,
     ServiceProcess,
+    as_page,
     endpoint,
     loopback_config,
     smarthome,
@@ -124,7 +125,8 @@ async def test_a_restarted_light_switch_starts_from_its_own_last_state_never_fro
 
     async with aiohttp.ClientSession() as session:
         await wait_until_async(lambda: web.count("WEB started"), "the web", describe=web.output)
-        async with session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+        page = as_page(f"http://127.0.0.1:{port}", config)
+        async with session.ws_connect(f"http://127.0.0.1:{port}/ws", headers=page) as ws:
             await command(ws, switch, "OFF")  # the dashboard first
             assert (await asyncio.to_thread(smarthome, config, "light", "on")).returncode == 0  # then the user
             switch.says(f"BATHROOM LIGHT switched ON by smarthome-cli@{HOST}")
@@ -155,7 +157,11 @@ async def test_after_300_instances_come_and_go_a_new_browser_gets_the_current_vi
         fleet.send_multipart(encode(Message("toast", sender, 1, 1, time.time(), {"status": True})))
     web.wait_for("is offline", times=300)
     port = yaml.safe_load(config.read_text())["services"]["web"]["port"]
-    async with aiohttp.ClientSession() as session, session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+    page = as_page(f"http://127.0.0.1:{port}", config)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"http://127.0.0.1:{port}/ws", headers=page) as ws,
+    ):
         opening: list[dict] = []
         while not any(e["topic"] == "light" for e in opening):  # the switch's state is in the view [V1]
             opening.append(json.loads((await asyncio.wait_for(ws.receive(), DEADLINE)).data))

@@ -129,6 +129,11 @@ def test_keys_made_for_compose_are_the_services_user_s_and_the_tools_key_the_hos
     assert switch.stat().st_gid == tools.stat().st_gid == os.getegid()  # the group is left as it was
     assert stat.S_IMODE(switch.stat().st_mode) == stat.S_IMODE(tools.stat().st_mode) == 0o600
     assert (folder / ".lock").exists()  # services starting at once take it in turn
+    # The dashboard's token: the service's user reads it, and the host's user (by the folder's group), no one else.
+    assert ring.ensure_token("web", owner=1000) and not ring.ensure_token("web", owner=1000)
+    token = folder / "web.token"
+    assert (token.stat().st_uid, token.stat().st_gid) == (1000, folder.stat().st_gid)
+    assert stat.S_IMODE(token.stat().st_mode) == 0o640 and len(ring.token("web")) == 43
     nested = KeyRing(tmp_path / "a" / "b")
     assert nested.ensure(["toaster"]) == ["toaster"]  # parents made too
     assert nested.pair("toaster")[0] == nested.public("toaster")

@@ -13,7 +13,7 @@ import json
 
 import aiohttp
 import pytest
-from support import ALL_READY, BROKER_CONFIG, BROKER_FILES, ROOT, Stack, mirror_shows, smarthome, wait_until
+from support import ALL_READY, BROKER_CONFIG, BROKER_FILES, ROOT, Stack, as_page, mirror_shows, smarthome, wait_until
 
 pytestmark = pytest.mark.docker
 
@@ -113,7 +113,11 @@ DASHBOARD = "http://127.0.0.1:8080"
 async def dashboard_senders(topic: str, count: int) -> set[str]:
     """The senders of `topic` a browser hears from the forwarder on 127.0.0.1:8080, once there are `count`."""
     senders: set[str] = set()
-    async with aiohttp.ClientSession() as session, session.ws_connect(f"{DASHBOARD}/ws?topics={topic}") as ws:
+    page = as_page(DASHBOARD, BROKER_CONFIG)  # its token: made beside the keys, the same for either wiring
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{DASHBOARD}/ws?topics={topic}", headers=page) as ws,
+    ):
         while len(senders) < count:
             event = json.loads((await asyncio.wait_for(ws.receive(), 60)).data)
             if event["topic"] == topic:

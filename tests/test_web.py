@@ -22,7 +22,7 @@ from smarthome.core.config import load_config
 from smarthome.core.envelope import Message, encode
 from smarthome.core.identity import Identity
 from smarthome.web.forwarder import FORWARDER, make_app
-from support import DEADLINE, endpoint, free_port, loopback_config, wait_until_async
+from support import DEADLINE, as_page, endpoint, free_port, loopback_config, wait_until_async
 
 
 @pytest.fixture
@@ -61,7 +61,10 @@ async def site(config: Path, zmq_context: zmq.asyncio.Context, aiohttp_client: A
     """(client factory, appliances, forwarder): the forwarder app running, its subscription in place."""
     appliances = Appliances(zmq_context, config)
     app = make_app(Identity("web", load_config(config)), load_config(config).services["web"])
-    client = await aiohttp_client(app)
+    port = free_port()  # known before the client is made: its every request comes as from the dashboard's page
+    client = await aiohttp_client(
+        app, server_kwargs={"port": port}, headers=as_page(f"http://127.0.0.1:{port}", config)
+    )
     await appliances.subscribed()
     return client, appliances, app[FORWARDER]
 
@@ -219,7 +222,9 @@ async def test_sigterm_closes_browsers_with_going_away_and_exits_0(tmp_path: Pat
     web = run_service("web", config)
     await wait_until_async(lambda: web.count("WEB started"), "the web to start", describe=web.output)
     async with aiohttp.ClientSession() as session:
-        ws = await session.ws_connect(f"http://127.0.0.1:{port}/ws")
+        ws = await session.ws_connect(
+            f"http://127.0.0.1:{port}/ws", headers=as_page(f"http://127.0.0.1:{port}", config)
+        )
         web.proc.send_signal(signal.SIGTERM)
         while (frame := await asyncio.wait_for(ws.receive(), DEADLINE)).type == WSMsgType.TEXT:
             pass

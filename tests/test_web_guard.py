@@ -22,11 +22,21 @@ import pytest
 import zmq.asyncio
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestServer
-from smarthome.core.config import ConfigError, load_config
+from smarthome.core.config import load_config
 from smarthome.core.identity import Identity
 from smarthome.web.forwarder import FORWARDER, MAX_COMMAND_BYTES, make_app
-from smarthome.web.guard import TOKEN_REQUIRED
-from support import CHROMIUM, CHROMIUM_ARGS, DEADLINE, free_port, loopback_config, unavailable, wait_until_async
+from smarthome.web.guard import GUESSES_BURST, TOKEN_COOKIE, TOKEN_REQUIRED
+from support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    DEADLINE,
+    as_page,
+    dashboard_token,
+    free_port,
+    loopback_config,
+    unavailable,
+    wait_until_async,
+)
 from test_web import Appliances, next_error, next_event
 
 TOKEN = "correct-horse-battery-staple-42"
@@ -47,7 +57,9 @@ def web(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aiohttp_client: Any) ->
         app = make_app(Identity("web", loaded), loaded.services["web"])
         server = TestServer(app)  # started here: aiohttp_client would drop the runner's options
         await server.start_server(**app[FORWARDER].guard.server_options())
-        return await aiohttp_client(server), app[FORWARDER], config
+        # Every request as the dashboard's own page sends it (its Origin, its token cookie), unless a test says.
+        client = await aiohttp_client(server, headers=as_page(f"http://127.0.0.1:{server.port}", config))
+        return client, app[FORWARDER], config
 
     return start
 
@@ -76,13 +88,21 @@ async def closed_with(ws: Any) -> tuple[int, str]:
     return frame.data, frame.extra
 
 
-async def test_ws_refuses_a_page_from_any_other_origin(web: Any, caplog: pytest.LogCaptureFixture) -> None:
-    client, forwarder, _ = await web(allowed_origins=["https://home.example"])
+async def test_ws_refuses_a_page_from_any_other_origin_and_a_client_with_none(
+    web: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, forwarder, config = await web(allowed_origins=["https://home.example"])
     port = client.port
     for foreign in ("http://evil.example", f"http://127.0.0.1:{port + 1}", f"https://127.0.0.1:{port}", "null"):
         assert await refused(client, headers={"Origin": foreign}) == 403, foreign
+    async with aiohttp.ClientSession() as keyless:  # a local process: no page, so no Origin (its token right)
+        cookie = {"Cookie": as_page("", config)["Cookie"]}
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refusal:
+            await keyless.ws_connect(client.make_url("/ws"), headers=cookie)
+        assert refusal.value.status == 403
     assert len(forwarder.browsers) == 0
     assert "refused /ws from 127.0.0.1: Origin 'http://evil.example'" in caplog.text
+    assert "refused /ws from 127.0.0.1: Origin 'None'" in caplog.text
     for own in (f"http://127.0.0.1:{port}", "https://home.example"):  # where it was reached; the listed one
         ws = await client.ws_connect("/ws", headers={"Origin": own})
         await ws.close()
@@ -119,43 +139,83 @@ async def test_every_response_carries_csp_and_the_other_security_headers(web: An
     assert refusal.status == 403 and "frame-ancestors 'none'" in refusal.headers["Content-Security-Policy"]
 
 
-async def test_beyond_loopback_ws_needs_the_access_token(web: Any, tmp_path: Path) -> None:
-    token_file = tmp_path / "web-token"
-    token_file.write_text(TOKEN + "\n")
-    client, forwarder, _ = await web(in_container=True, bind_host="0.0.0.0", access_token_file=str(token_file))
-    for query in ("", "?token=", "?token=correct-horse", f"?token={TOKEN}x"):
-        ws = await client.ws_connect(f"/ws{query}")
-        assert await closed_with(ws) == (TOKEN_REQUIRED, "access token required"), query
+async def test_ws_needs_the_access_token_on_loopback_too(web: Any) -> None:
+    client, forwarder, config = await web()
+    token = dashboard_token(config)
+    page = {"Origin": f"http://127.0.0.1:{client.port}"}  # the page, its cookie not (yet) set
+    for query, cookie in (("", ""), ("?token=", ""), ("?token=correct-horse", ""), (f"?token={token}x", ""), ("", "x")):
+        headers = {**page, "Cookie": f"{TOKEN_COOKIE}={cookie}"} if cookie else page
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(client.make_url(f"/ws{query}"), headers=headers)
+            assert await closed_with(ws) == (TOKEN_REQUIRED, "access token required"), (query, cookie)
     assert len(forwarder.browsers) == 0
-    ws = await client.ws_connect(f"/ws?token={TOKEN}")
-    await ws.send_str(COMMAND % "ON")  # answered, so it is in: no light switch runs in this test
-    assert (await next_error(ws))["body"] == {"error": "no light switch is listening"}
-
-
-async def test_binding_beyond_loopback_without_a_token_is_a_config_error(
-    web: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    config = loopback_config(tmp_path, **{"services.web.bind_host": "0.0.0.0", "services.web.token_free_peers": []})
-    with pytest.raises(ConfigError, match=r"services.web.bind_host: binding 0.0.0.0 \(beyond loopback\) needs"):
-        load_config(config)
-    (tmp_path / "short").write_text("12345")
-    with pytest.raises(ConfigError, match="short: the access token needs 16 characters or more"):
-        await web(in_container=True, bind_host="0.0.0.0", access_token_file=str(tmp_path / "short"))
-    # A listed peer (here the test's own loopback, as the Docker host is in compose) needs none.
-    client, _, _ = await web(in_container=True, bind_host="0.0.0.0", token_free_peers=["127.0.0.0/8"])
-    ws = await client.ws_connect("/ws")
+    async with aiohttp.ClientSession() as session:  # a script: the token in the address
+        ws = await session.ws_connect(client.make_url(f"/ws?token={token}"), headers=page)
+        await ws.send_str(COMMAND % "ON")  # answered, so it is in: no light switch runs in this test
+        assert (await next_error(ws))["body"] == {"error": "no light switch is listening"}
+    ws = await client.ws_connect("/ws")  # a page: the token as its cookie
     await ws.send_str(COMMAND % "ON")
     assert (await next_error(ws))["body"] == {"error": "no light switch is listening"}
 
 
-async def test_browsers_are_capped_in_number(web: Any, caplog: pytest.LogCaptureFixture) -> None:
-    client, forwarder, _ = await web(max_browsers=2)
+async def test_the_address_with_the_token_sets_a_strict_cookie_and_guesses_are_slowed(
+    web: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, _, config = await web()
+    token = dashboard_token(config)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        signed_in = await session.get(client.make_url(f"/?token={token}"), allow_redirects=False)
+        assert (signed_in.status, signed_in.headers["Location"]) == (303, "/")
+        cookie = signed_in.headers["Set-Cookie"]
+        assert cookie.startswith(f"{TOKEN_COOKIE}={token};") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert "frame-ancestors 'none'" in signed_in.headers["Content-Security-Policy"]
+        for i in range(GUESSES_BURST):  # each wrong guess sends the page back to ask again, and is counted
+            wrong = await session.get(client.make_url(f"/?token=guess-{i}"), allow_redirects=False)
+            assert (wrong.status, wrong.headers["Location"], "Set-Cookie" in wrong.headers) == (
+                303,
+                "/#wrong-token",
+                False,
+            )
+        slowed = await session.get(client.make_url(f"/?token={token}"), allow_redirects=False)
+        assert slowed.status == 429  # past the burst even the right token waits: guessing is one a second
+    assert caplog.text.count("refused 127.0.0.1: wrong access token") == GUESSES_BURST
+    deadline = time.monotonic() + DEADLINE
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        while (again := await session.get(client.make_url(f"/?token={token}"), allow_redirects=False)).status == 429:
+            assert time.monotonic() < deadline, "guessing never allowed again"
+            await asyncio.sleep(0.2)  # ok: pause between polls of a deadline loop
+        assert again.status == 303 and again.headers["Location"] == "/"
+
+
+async def test_browsers_are_capped_in_number_and_per_address(web: Any, caplog: pytest.LogCaptureFixture) -> None:
+    client, forwarder, config = await web(max_browsers=3, browsers_per_address=2)
     first, _second = await client.ws_connect("/ws"), await client.ws_connect("/ws")
     assert await refused(client) == 503
-    assert caplog.text.count("browsers already (max_browsers)") == 1
-    await first.close()
-    await wait_until_async(lambda: forwarder.guard.browsers < 2, "the closed browser's slot to free")
-    await (await client.ws_connect("/ws")).close()
+    assert caplog.text.count("refused /ws from 127.0.0.1: 2 browsers from there already (browsers_per_address)") == 1
+    other = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))  # another client: another address
+    async with aiohttp.ClientSession(connector=other, headers=as_page(f"http://127.0.0.1:{client.port}", config)) as s:
+        _third = await s.ws_connect(client.make_url("/ws"))
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refusal:
+            await s.ws_connect(client.make_url("/ws"))
+        assert refusal.value.status == 503  # 3 in all
+        assert "refused /ws from 127.0.0.2: 3 browsers already (max_browsers)" in caplog.text
+        await first.close()
+        await wait_until_async(lambda: forwarder.guard.browsers.get("127.0.0.1") == 1, "a slot to free")
+        await (await client.ws_connect("/ws")).close()
+
+
+async def test_a_connection_that_answers_no_ping_loses_its_slot(web: Any) -> None:
+    client, forwarder, _ = await web(ping_interval=0.2, browsers_per_address=1)
+    squatter = await client.ws_connect("/ws", autoping=False)  # never answers a ping
+    assert await refused(client) == 503  # it holds the one slot
+    while (frame := await asyncio.wait_for(squatter.receive(), DEADLINE)).type == WSMsgType.PING:
+        pass
+    assert frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING), frame
+    await wait_until_async(lambda: not forwarder.guard.browsers, "the squatter's slot to free")
+    page = await client.ws_connect("/ws")  # a page answers pings by itself: it stays
+    await asyncio.sleep(0.6)  # ok: three ping intervals, to see it kept
+    assert not page.closed
+    await page.close()
 
 
 async def light_switch_listening(forwarder: Any, run_service: Any, config: Path) -> Any:
@@ -167,19 +227,23 @@ async def light_switch_listening(forwarder: Any, run_service: Any, config: Path)
     return light_switch
 
 
-async def test_commands_are_rate_limited_per_browser(web: Any, run_service: Any) -> None:
+async def test_commands_are_rate_limited_per_client_whatever_its_connections(web: Any, run_service: Any) -> None:
     client, forwarder, config = await web(command_rate=0.01, command_burst=3)  # no refill within the test
     light_switch = await light_switch_listening(forwarder, run_service, config)
-    eager, other = await client.ws_connect("/ws"), await client.ws_connect("/ws")
-    for i in range(10):
-        await eager.send_str(COMMAND % ("ON", "OFF")[i % 2])
-    errors = [(await next_error(eager))["body"]["error"] for _ in range(7)]
-    assert errors == ["too many commands (at most 0.01 a second)"] * 7
-    await other.send_str(COMMAND % "OFF")  # its own allowance; one XPUB, so it arrives after the eager ones
-    await wait_until_async(
-        lambda: light_switch.count("LIGHT SWITCH switched") >= 4, "4 commands", describe=light_switch.output
-    )
-    assert light_switch.count("LIGHT SWITCH switched") == 4  # 3 of the 10, and the other browser's one
+    for attempt in range(3):  # reconnecting buys nothing: the allowance is the client's
+        eager = await client.ws_connect("/ws")
+        for i in range(4):
+            await eager.send_str(COMMAND % ("ON", "OFF")[i % 2])
+        errors = [(await next_error(eager))["body"]["error"] for _ in range(4 if attempt else 1)]
+        assert set(errors) == {"too many commands (at most 0.01 a second)"}, errors
+        await eager.close()
+    other = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))  # another client has its own allowance
+    async with aiohttp.ClientSession(connector=other, headers=as_page(f"http://127.0.0.1:{client.port}", config)) as s:
+        await (await s.ws_connect(client.make_url("/ws"))).send_str(COMMAND % "OFF")
+        await wait_until_async(
+            lambda: light_switch.count("LIGHT SWITCH switched") >= 4, "4 commands", describe=light_switch.output
+        )
+    assert light_switch.count("LIGHT SWITCH switched") == 4  # 3 of the 12, and the other client's one
 
 
 def bad_frames(rng: random.Random, count: int) -> list[str | bytes]:
@@ -281,16 +345,14 @@ async def test_a_half_sent_request_is_closed_after_header_timeout(tmp_path: Path
     assert answer.startswith(b"HTTP/1.1 200 ")
 
 
-async def test_the_page_asks_for_the_token_once_and_keeps_it_for_the_session(web: Any, tmp_path: Path) -> None:
+async def test_the_page_asks_for_the_token_and_keeps_it_as_a_cookie(web: Any) -> None:
     if not shutil.which(CHROMIUM):
         unavailable(f"no {CHROMIUM} (install Debian's chromium; .ci/test does)")
     try:
         from playwright.async_api import async_playwright, expect  # the browser tier's wheel, only here
     except ImportError:
         unavailable("no playwright wheel (pip install -e '.[test]')")
-    token_file = tmp_path / "web-token"
-    token_file.write_text(TOKEN)
-    client, _, _ = await web(in_container=True, bind_host="0.0.0.0", access_token_file=str(token_file))
+    client, _, config = await web()
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -300,12 +362,17 @@ async def test_the_page_asks_for_the_token_once_and_keeps_it_for_the_session(web
             await expect(status).to_have_text("access token required")
             await page.fill("#token", "a-wrong-token-of-some-length")
             await page.click("#token-form button")
+            await expect(status).to_have_text("wrong access token")
             await expect(form).to_be_visible()  # asked again
-            await page.fill("#token", TOKEN)
+            await page.fill("#token", dashboard_token(config))
             await page.click("#token-form button")
             await expect(status).to_have_text("live")
             await expect(form).to_be_hidden()
-            await page.reload()  # the same tab's session: not asked again
+            assert "token" not in page.url  # the token is not left in the address bar or the history
+            cookies = await page.context.cookies()
+            assert [(c["name"], c["httpOnly"], c["sameSite"]) for c in cookies] == [(TOKEN_COOKIE, True, "Strict")]
+            assert await page.evaluate("document.cookie") == ""  # no script of the page can read it
+            await page.reload()  # kept: not asked again
             await expect(status).to_have_text("live")
             await expect(form).to_be_hidden()
         finally:

@@ -5,10 +5,11 @@ smarthome local                  every service as a local process on 127.0.0.1 (
 smarthome sub [TOPIC ...]        print every message: topic, sender, seq, body
 smarthome pub TOPIC JSON         publish one message, once something subscribes to it
 smarthome light on|off           switch the light(s) from outside
+smarthome dashboard              print the dashboard's address with its access token (open it once)
 smarthome schema                 print the config's JSON Schema
-smarthome keys                   make the CurveZMQ keys that are missing
+smarthome keys                   make the CurveZMQ keys (and dashboard tokens) that are missing
 
-sub, pub and light use --config, else $SMARTHOME_CONFIG, else the config (in $SMARTHOME_CONFIG_DIR, default
+sub, pub, light and dashboard use --config, else $SMARTHOME_CONFIG, else the config (in $SMARTHOME_CONFIG_DIR, default
 the shipped config/) whose stack answers on this host; -v says which config and endpoints they reached.
 """
 
@@ -26,7 +27,7 @@ import zmq
 from smarthome import __version__
 from smarthome.core.config import CONFIG_ENV, Config, ConfigError, load_config
 from smarthome.core.identity import Identity
-from smarthome.core.keys import KeyRing, key_names, keys_dir
+from smarthome.core.keys import KeyRing, key_names, keys_dir, token_names
 from smarthome.core.logs import setup_logging
 from smarthome.tools import cli, config_schema, local
 
@@ -55,6 +56,7 @@ def make_keys(config: Config, owner: int | None) -> int:
     ring = KeyRing(keys_dir(config))
     try:
         created = ring.ensure(key_names(config), owner)
+        created += [f"{name}.token" for name in token_names(config) if ring.ensure_token(name, owner)]
     except OSError as exc:
         raise ConfigError(str(ring.directory), "", f"cannot write keys: {exc.strerror or exc}") from None
     print(f"smarthome: keys in {ring.directory}: made {', '.join(created) or 'none, all there'}", file=sys.stderr)
@@ -103,6 +105,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     pub = commands.add_parser("pub", help="publish one message")
     pub.add_argument("topic", help="a topic a service subscribes to, e.g. light-set")
     pub.add_argument("body", metavar="JSON", help="""the body, checked against the topic's type: '{"state": "ON"}'""")
+    commands.add_parser("dashboard", help="print the dashboard's address, with its access token")
     light = commands.add_parser("light", help="switch the light")
     light.add_argument("state", choices=["on", "off"], help="on or off")
     for tool in (pub, light):
@@ -126,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(cli.choose_config(config_path))
         if args.command == "sub":
             return cli.sub(config, args.topics, args.count, args.timeout, args.json)
+        if args.command == "dashboard":
+            return cli.dashboard(config)
         if args.command == "pub":
             return cli.pub(config, args.topic, args.body, args.timeout)
         return cli.light(config, args.state, args.timeout)

@@ -32,11 +32,13 @@ sys.path.insert(0, str(ROOT / "services"))
 
 from benchlib import free_port, wait_for_port  # noqa: E402 (this directory: the benchmarks' shared code)
 from smarthome.core.envelope import Message, encode  # noqa: E402
+from smarthome.web.guard import TOKEN_COOKIE  # noqa: E402
 
 LATENCY_RATE = 200  # msg/s
 LATENCY_SECONDS = 5
 RATE_SECONDS = 3
 OPEN_WITHIN = 30  # seconds for every client to connect: a benchmark never waits without a bound
+TOKEN = "the-benchmark-s-own-dashboard-token"
 
 
 def start_forwarder(directory: Path, feed: int, http: int, queue: int) -> subprocess.Popen[bytes]:
@@ -47,6 +49,7 @@ def start_forwarder(directory: Path, feed: int, http: int, queue: int) -> subpro
         "offline_after": 3,
         "zmtp": {"heartbeat_ivl": 0.5, "heartbeat_timeout": 1.5, "heartbeat_ttl": 1.5},
         "curve": False,  # like the baseline SUB; tests/bench/curve.py measures what CurveZMQ costs
+        "topics": {"toast": "state", "light-set": "command"},
         "services": {
             "feed": {  # the benchmark's own publisher (Feed), declared because the web's endpoints must name
                 "role": "light-switch",  # who binds them; it is never run
@@ -60,12 +63,15 @@ def start_forwarder(directory: Path, feed: int, http: int, queue: int) -> subpro
                 "name": "WEB",
                 "port": http,
                 "client_queue": queue,
-                "max_browsers": 64,  # the latency run opens 50
+                "max_browsers": 64,  # the latency run opens 50...
+                "browsers_per_address": 64,  # ...all from 127.0.0.1
+                "access_token_file": str(directory / "token"),
                 "subscribe": {"topics": [], "connect": [f"tcp://127.0.0.1:{feed}"]},
                 "commands": {"topic": "light-set", "connect": f"tcp://127.0.0.1:{commands}"},
             },
         },
     }
+    (directory / "token").write_text(TOKEN)
     path = directory / "bench.yml"
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "SMARTHOME_CONFIG": str(path), "SMARTHOME_LOOPBACK": "1", "PYTHONPATH": str(ROOT / "services")}
@@ -102,7 +108,8 @@ async def browser_latencies(
     opened: asyncio.Event | None = None,
 ) -> bool:
     """Collect receipt latencies until `stop`; False if the forwarder closed this client (dropped)."""
-    async with session.ws_connect(url) as ws:
+    page = {"Origin": url.removesuffix("/ws"), "Cookie": f"{TOKEN_COOKIE}={TOKEN}"}  # as the dashboard's page
+    async with session.ws_connect(url, headers=page) as ws:
         if opened:
             opened.set()
         while not stop.is_set():

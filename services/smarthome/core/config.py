@@ -24,7 +24,6 @@ from smarthome.core.schema import explain
 CONFIG_ENV = "SMARTHOME_CONFIG"
 HOST_PORT_ENV = "SMARTHOME_HOST_PORT_{}"  # the host port compose publishes container port {} on
 LOOPBACK_ENV = "SMARTHOME_LOOPBACK"  # "1": run every endpoint on 127.0.0.1 (local no-Docker mode)
-DOCKER_HOST = "docker-host"  # in web.token_free_peers: the container's default gateway, i.e. the Docker host
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML; a bigger file is refused before it is parsed
 MAX_CONFIG_DEPTH = 32  # nesting: ours is 5 deep; a 5,000-deep list would exhaust Python's stack
@@ -117,16 +116,17 @@ class WebConfig(_Service, tag="web"):
     subscribe: Subscribe  # every topic to forward (empty list: all)
     commands: Publish  # where browser commands go: the light switches' commands topic
     client_queue: Annotated[int, msgspec.Meta(ge=1, le=100_000)]  # messages a browser may lag before it is dropped
-    # Who may reach the dashboard (web/guard.py). Loopback first: beyond it, /ws needs the access token.
+    # Who may reach the dashboard (web/guard.py): its own page, with the access token, on loopback too.
     bind_host: str = "127.0.0.1"  # an IP address; `smarthome local` always uses 127.0.0.1
     allowed_hosts: list[HostName] = []  # Host header names besides 127.0.0.1, localhost, [::1]
     allowed_origins: list[Origin] = []  # page origins for /ws besides the one the browser reached us at
-    access_token_file: str | None = None  # a file (e.g. a compose secret) holding the token for /ws
-    token_free_peers: list[str] = []  # peer IPs/networks that need no token; "docker-host": the Docker host
+    access_token_file: str | None = None  # the token for /ws; default: NAME.token beside the keys, made if missing
     max_browsers: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 32
-    command_rate: Annotated[float, msgspec.Meta(gt=0, le=100_000)] = 2.0  # commands per second per browser...
+    browsers_per_address: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 8  # of max_browsers, from one address
+    command_rate: Annotated[float, msgspec.Meta(gt=0, le=100_000)] = 2.0  # commands per second per client...
     command_burst: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5  # ...after a burst of this many
     header_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0  # seconds to send a request's headers
+    ping_interval: Annotated[float, msgspec.Meta(ge=0.1, le=300)] = 20.0  # a browser silent to pings is closed
 
 
 ServiceConfig = LightSwitchConfig | ApplianceConfig | MirrorConfig | RadioConfig | BrokerConfig | WebConfig
@@ -344,21 +344,10 @@ def _indexed(key: str, items: list[str]) -> Iterator[tuple[str, str]]:
 
 
 def _check_web(path: str, key: str, web: WebConfig) -> None:
-    """A dashboard bound beyond loopback answers other machines: they need a token, or an explicit exemption."""
     try:
-        beyond_loopback = not ipaddress.ip_address(web.bind_host).is_loopback
+        ipaddress.ip_address(web.bind_host)
     except ValueError:
         raise ConfigError(path, f"{key}.bind_host", f"'{web.bind_host}' is not an IP address") from None
-    for i, peer in enumerate(web.token_free_peers):
-        try:
-            if peer != DOCKER_HOST:
-                ipaddress.ip_network(peer, strict=False)
-        except ValueError:
-            problem = f"'{peer}' is neither an IP address, a network nor '{DOCKER_HOST}'"
-            raise ConfigError(path, f"{key}.token_free_peers[{i}]", problem) from None
-    if beyond_loopback and not (web.access_token_file or web.token_free_peers):
-        problem = f"binding {web.bind_host} (beyond loopback) needs 'access_token_file'"
-        raise ConfigError(path, f"{key}.bind_host", problem)
 
 
 def _check_endpoint(path: str, key: str, endpoint: str, connect: bool) -> None:

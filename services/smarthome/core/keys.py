@@ -2,8 +2,8 @@
 
 Keys live in one directory ($SMARTHOME_KEYS; in compose a volume every container mounts read-only, filled by
 the one-shot `keys` service; on the host ./keys): NAME.key holds a public key, NAME.key_secret the pair,
-both in zmq.auth's certificate format. `smarthome keys` creates the missing ones; the secret files are
-never in the image, never in an env var, never committed.
+both in zmq.auth's certificate format, and WEB.token the dashboard's access token. `smarthome keys` creates the
+missing ones; the secret files are never in the image, never in an env var, never committed.
 
 Who may say what (the Policy) follows from the config: a service may publish only its own topics, the
 broker relays what it has checked, and the host tools (the operator) may say anything.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,10 +21,11 @@ import zmq
 import zmq.auth
 from zmq.auth.base import Authenticator
 
-from smarthome.core.config import BrokerConfig, Config, ConfigError, Publish
+from smarthome.core.config import BrokerConfig, Config, ConfigError, Publish, WebConfig
 from smarthome.core.identity import TOOLS, Identity
 
 KEYS_ENV = "SMARTHOME_KEYS"
+TOKEN_BYTES = 32  # a dashboard token's randomness: 43 URL-safe characters
 SECRET_KEY_ENV = "SMARTHOME_SECRET_KEY"  # a file with this service's own pair (a swarm secret); then the
 # folder holds the public keys only
 ZAP_DOMAIN = "smarthome"
@@ -59,6 +61,30 @@ class KeyRing:
     def host_owner(self) -> int:
         return self.directory.stat().st_uid
 
+    def ensure_token(self, name: str, owner: int | None = None) -> bool:
+        """Make `name`'s dashboard token if it is missing (under the lock); whether it was made. The service's
+        user (`owner`) reads it, and so does the host's (the folder's group): `smarthome dashboard` prints it."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.token_path(name)
+        with open(self.directory / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            made = not path.exists()
+            if made:
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(descriptor, "w") as file:
+                    file.write(secrets.token_urlsafe(TOKEN_BYTES) + "\n")
+            if owner is not None:
+                os.chown(path, owner, self.directory.stat().st_gid)
+                os.chmod(path, 0o640)
+        return made
+
+    def token_path(self, name: str) -> Path:
+        return self.directory / f"{name}.token"
+
+    def token(self, name: str) -> bytes:
+        """`name`'s dashboard token (OSError if it cannot be read)."""
+        return self.token_path(name).read_text(encoding="ascii").strip().encode()
+
     def pair(self, name: str) -> tuple[bytes, bytes]:
         """(public, secret) of `name`, z85-encoded."""
         return _pair(self.directory / f"{name}.key_secret")
@@ -75,6 +101,11 @@ class KeyRing:
 
 def key_names(config: Config) -> list[str]:
     return [*config.services, TOOLS]
+
+
+def token_names(config: Config) -> list[str]:
+    """The services with a dashboard: each has an access token beside the keys."""
+    return [name for name, service in config.services.items() if isinstance(service, WebConfig)]
 
 
 class Keys:

@@ -1,4 +1,5 @@
-"""Host-side tools, the `mosquitto_sub` / `mosquitto_pub` of the stack: `smarthome sub`, `pub` and `light`.
+"""Host-side tools, the `mosquitto_sub` / `mosquitto_pub` of the stack: `smarthome sub`, `pub` and `light`,
+and `smarthome dashboard`, which prints the dashboard's address with its access token.
 
 They read the same config as the services and reach them on 127.0.0.1 (local mode, or the ports compose
 publishes on loopback). In broker wiring they talk to the broker; in direct wiring `sub` connects to every
@@ -29,11 +30,13 @@ from smarthome.core.config import (
     MirrorConfig,
     Publish,
     Subscribe,
+    WebConfig,
     host_port,
     load_config,
 )
 from smarthome.core.envelope import HEARTBEAT_TOPIC, ApplianceStatus, LightState, Message, MirrorView
 from smarthome.core.identity import Identity
+from smarthome.core.keys import KeyRing, keys_dir
 from smarthome.core.runtime import Loop
 from smarthome.core.schema import explain
 
@@ -245,6 +248,23 @@ def light(config: Config, state: str, timeout: float) -> int:
     if not topics:
         raise UsageError("no light switch in this config takes commands")
     return pub(config, topics.pop(), json.dumps({"state": LightState(state.upper()).state}), timeout)
+
+
+def dashboard(config: Config) -> int:
+    """Print the dashboard's address with its access token: opened once, the page keeps the token as a cookie."""
+    webs = [name for name, service in config.services.items() if isinstance(service, WebConfig)]
+    if not webs:
+        raise UsageError(f"{config.path} has no web service")
+    for name in webs:
+        spec = config.services[name]
+        ring = KeyRing(keys_dir(config))
+        token_file = Path(spec.access_token_file) if spec.access_token_file else ring.token_path(name)
+        try:
+            token = token_file.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"no dashboard token in {token_file} ({exc}): has the stack started once?") from None
+        print(f"http://127.0.0.1:{host_port(str(spec.port))}/?token={token}")
+    return 0
 
 
 def tool_logging(verbose: bool) -> None:

@@ -34,7 +34,7 @@ from smarthome.core.identity import HEALTH_TOUCH_EVERY, Identity
 from smarthome.core.messaging import Outbox, Subscriber, Subscription
 from smarthome.core.protocol import Kind
 from smarthome.core.sockets import Handler, Sockets, guarded
-from smarthome.web.guard import Guard, TokenBucket, listen_host
+from smarthome.web.guard import Guard, TokenBucket, access_token, listen_host
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -69,7 +69,7 @@ class Forwarder:
     def __init__(self, me: Identity, spec: WebConfig) -> None:
         self.me = me
         self.spec = spec
-        self.guard = Guard(spec)
+        self.guard = Guard(spec, access_token(me.config, me.name, spec))
         self.browsers: set[Browser] = set()
         self.latest: dict[tuple[str, str], str] = {}  # (topic, sender) -> newest state: a new page starts complete
         self.online: dict[str, bool] = {}  # sender -> shown online; gone senders stay a while, shown offline [V3]
@@ -221,10 +221,12 @@ class Forwarder:
             browser.closing = asyncio.create_task(close)  # kept, so the task is not garbage-collected
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=MAX_COMMAND_BYTES)
+        # heartbeat: a ping every ping_interval; a browser that does not answer in half of it is closed (a page
+        # answers by itself: only a dead or squatting connection stays silent).
+        ws = web.WebSocketResponse(max_msg_size=MAX_COMMAND_BYTES, heartbeat=self.spec.ping_interval)
         await ws.prepare(request)
         topics = {t for t in request.query.get("topics", "").split(",") if t}
-        browser = Browser(ws, topics, self.spec.client_queue, request.remote or "?", self.guard.bucket())
+        browser = Browser(ws, topics, self.spec.client_queue, request.remote or "?", self.guard.bucket(request))
         self.browsers.add(browser)
         log.info("%s browser %s connected (topics: %s)", self.spec.name, browser.peer, ",".join(topics) or "all")
         writer = asyncio.create_task(self.write(browser, self.opening_view(browser)))

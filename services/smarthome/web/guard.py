@@ -1,18 +1,23 @@
-"""The dashboard answers only its own page: who may reach the forwarder, and how much each browser may do.
+"""The dashboard answers only its own page: who may reach the forwarder, and how much each client may do.
 
-Threats it stands against (README, "Dashboard security"): any web page the user visits (its script can open
-a WebSocket to 127.0.0.1 and would read the home and switch the light), DNS rebinding (a hostile name that
-resolves to 127.0.0.1, so the browser deems it same-origin), other machines when bound beyond loopback,
-and a browser or script that floods, hoards connections or stalls half-way through a request.
+Threats it stands against (README, "Dashboard security"): any process on the machine (it can reach 127.0.0.1
+as well as the browser can), any web page the user visits (its script can open a WebSocket to 127.0.0.1 and
+would read the home and switch the light), DNS rebinding (a hostile name that resolves to 127.0.0.1, so the
+browser deems it same-origin), other machines when bound beyond loopback, and a client that floods, hoards
+connections, guesses tokens or stalls half-way through a request.
 
 - every route: the Host header must name us (127.0.0.1, localhost, [::1] or `allowed_hosts`): no Host is 400,
   a foreign one 403 — that alone defeats DNS rebinding;
-- /ws: a browser's Origin must be the origin it reached us at (Host already checked) or in `allowed_origins`,
-  else 403 before the upgrade; at most `max_browsers` at once (503); a `topics` filter of bounded size;
-- beyond loopback /ws needs the access token (`?token=`, compared in constant time), except from
-  `token_free_peers`; without it the socket is closed at once with 4401, which tells the page to ask for it;
+- the access token, always: `/?token=` (the address `smarthome dashboard` prints) sets it as a cookie (HttpOnly,
+  SameSite=Strict) and redirects to `/`; /ws wants it (cookie or `?token=`, compared in constant time), else
+  it is closed at once with 4401, which tells the page to ask for it. Wrong guesses from one address are slowed
+  to one a second after a few;
+- /ws: an Origin is required and must be the origin the page reached us at (Host already checked) or in
+  `allowed_origins`, else 403 before the upgrade; at most `max_browsers` at once and `browsers_per_address`
+  from one address (503); a `topics` filter of bounded size; a browser that answers no ping is closed;
 - every response carries CSP (frame-ancestors 'none'), nosniff and no-referrer;
-- each browser's frames pass a token bucket; every bad frame is one rate-limited warning line.
+- each client (address) has one token bucket for its commands, however many connections it opens; every bad
+  frame is one rate-limited warning line.
 """
 
 from __future__ import annotations
@@ -22,22 +27,28 @@ import ipaddress
 import logging
 import os
 import re
-import socket
-import struct
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NoReturn
 
 from aiohttp import WSMessage, WSMsgType, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from smarthome.core.config import DOCKER_HOST, LOOPBACK_ENV, ConfigError, WebConfig
+from smarthome.core.config import LOOPBACK_ENV, Config, ConfigError, WebConfig
+from smarthome.core.keys import KeyRing, keys_dir
 
 log = logging.getLogger(__name__)
 
 WS_PATH = "/ws"
 TOKEN_REQUIRED = 4401  # a private close code (4000-4999): the page asks for the access token
+TOKEN_COOKIE = "smarthome-token"
+TOKEN_FILE_ENV = "SMARTHOME_TOKEN_FILE"  # a file with the token, apart from the keys' folder (a swarm secret)
 MIN_TOKEN_CHARS = 16
+GUESSES_BURST = 5  # wrong tokens from one address before they are slowed...
+GUESSES_PER_SECOND = 1.0  # ...to this many
+ADDRESSES_MAX = 4096  # addresses whose buckets are kept; the least recently seen goes first
 MAX_TOPICS = 16  # in a /ws?topics= filter: a page needs a handful
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 SECURITY_HEADERS = {
@@ -62,23 +73,6 @@ def escape(text: object, limit: int = 200) -> str:
     return line if len(line) <= limit else line[:limit] + "…"
 
 
-def docker_host(route_table: Path = Path("/proc/net/route")) -> str | None:
-    """The default gateway's IPv4 address: inside a container on a bridge network, the Docker host itself.
-
-    Outside a container the gateway is a router, trusted by nobody: then None.
-    """
-    if not Path("/.dockerenv").exists():
-        return None
-    try:
-        lines = route_table.read_text().splitlines()[1:]
-    except OSError:
-        return None
-    for fields in (line.split() for line in lines):
-        if len(fields) > 2 and fields[1] == "00000000":  # destination 0.0.0.0: the default route
-            return socket.inet_ntoa(struct.pack("<L", int(fields[2], 16)))
-    return None
-
-
 class TokenBucket:
     """`rate` events per second after a burst of `burst`: take() says whether one more may happen now."""
 
@@ -88,13 +82,33 @@ class TokenBucket:
         self.stamp = time.monotonic()
 
     def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
+        if self.empty():
             return False
         self.tokens -= 1
         return True
+
+    def empty(self) -> bool:
+        """Whether no event may happen now (nothing taken)."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return self.tokens < 1
+
+
+class Buckets:
+    """A token bucket per address, for the ADDRESSES_MAX addresses seen last: what one client may do, however
+    many connections it opens."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.by_address: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def of(self, address: str) -> TokenBucket:
+        bucket = self.by_address.pop(address, None) or TokenBucket(self.rate, self.burst)
+        self.by_address[address] = bucket
+        if len(self.by_address) > ADDRESSES_MAX:
+            self.by_address.popitem(last=False)
+        return bucket
 
 
 class QuietLog:
@@ -130,42 +144,34 @@ class RequestErrors(logging.LoggerAdapter):
             self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)  # type: ignore[arg-type]
 
 
-class Guard:
-    """Admission for the forwarder's routes and per-browser limits, from the web service's config."""
+def access_token(config: Config, name: str, spec: WebConfig) -> bytes:
+    """The dashboard's token: from `access_token_file`, else $SMARTHOME_TOKEN_FILE (a swarm secret), else
+    NAME.token beside the keys, made on first start like the keys (in compose the `keys` service has made it)."""
+    ring = KeyRing(keys_dir(config))
+    path = spec.access_token_file or os.environ.get(TOKEN_FILE_ENV) or str(ring.token_path(name))
+    try:
+        if path == str(ring.token_path(name)) and not ring.token_path(name).exists():
+            ring.ensure_token(name)
+        token = Path(path).read_text(encoding="utf-8").strip().encode()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"cannot read the access token: {exc}") from None
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(path, "", f"the access token needs {MIN_TOKEN_CHARS} characters or more")
+    return token
 
-    def __init__(self, spec: WebConfig) -> None:
+
+class Guard:
+    """Admission for the forwarder's routes and per-client limits, from the web service's config and its token."""
+
+    def __init__(self, spec: WebConfig, token: bytes) -> None:
         self.spec = spec
+        self.token = token
         self.hosts = LOCAL_HOSTS | {h.lower() for h in spec.allowed_hosts}
         self.origins = {o.lower() for o in spec.allowed_origins}
-        self.loopback_only = ipaddress.ip_address(listen_host(spec)).is_loopback
-        self.token = self._read_token(spec)
-        free = [] if self.loopback_only else self._free_peers(spec)
-        self.free = [ipaddress.ip_network(p, strict=False) for p in free]
-        self.browsers = 0  # /ws handlers running now, counted before their first await
+        self.browsers: dict[str, int] = {}  # address -> /ws handlers running now, counted before their first await
+        self.commands = Buckets(spec.command_rate, spec.command_burst)
+        self.guesses = Buckets(GUESSES_PER_SECOND, GUESSES_BURST)
         self.quiet = QuietLog(log)
-
-    @staticmethod
-    def _read_token(spec: WebConfig) -> bytes | None:
-        if not spec.access_token_file:
-            return None
-        path = spec.access_token_file
-        try:
-            token = Path(path).read_text(encoding="utf-8").strip().encode()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(path, "", f"cannot read the access token: {exc}") from None
-        if len(token) < MIN_TOKEN_CHARS:
-            raise ConfigError(path, "", f"the access token needs {MIN_TOKEN_CHARS} characters or more")
-        return token
-
-    @staticmethod
-    def _free_peers(spec: WebConfig) -> list[str]:
-        peers = [p for p in spec.token_free_peers if p != DOCKER_HOST]
-        if DOCKER_HOST in spec.token_free_peers:
-            gateway = docker_host()
-            if gateway is None:
-                log.warning("%s found no Docker host (not in a container?): '%s' frees nobody", spec.name, DOCKER_HOST)
-            peers += [gateway] if gateway else []
-        return peers
 
     def server_options(self) -> dict[str, object]:
         """For aiohttp's AppRunner: the header-read deadline and the quiet log of malformed requests."""
@@ -180,9 +186,9 @@ class Guard:
     def warn(self, message: str) -> None:
         self.quiet.warning(f"{self.spec.name} {escape(message, 300)}")
 
-    def bucket(self) -> TokenBucket:
-        """A new browser's allowance of frames."""
-        return TokenBucket(self.spec.command_rate, self.spec.command_burst)
+    def bucket(self, request: web.Request) -> TokenBucket:
+        """The allowance of frames of the client `request` comes from, shared by all its connections."""
+        return self.commands.of(client_address(request))
 
     # --- every request ----------------------------------------------------------------------------------
 
@@ -194,62 +200,80 @@ class Guard:
         if _hostname(host) not in self.hosts:
             self.warn(f"refused {request.remote}: unknown Host '{host}' (see allowed_hosts)")
             raise web.HTTPForbidden(text="unknown Host")
-        if request.path != WS_PATH:
-            return await handler(request)
-        return await self._websocket(request, handler)
+        if request.path == WS_PATH:
+            return await self._websocket(request, handler)
+        if request.path == "/" and "token" in request.query:
+            self._sign_in(request)
+        return await handler(request)
 
     async def add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(SECURITY_HEADERS)
 
+    def _sign_in(self, request: web.Request) -> NoReturn:
+        """`/?token=`: the page keeps a right token as a cookie only it sends, and leaves it out of its address."""
+        given = request.query["token"].encode()
+        if not self._right(request, given):
+            raise web.HTTPSeeOther("/#wrong-token")  # the page asks again
+        signed_in = web.HTTPSeeOther("/")
+        signed_in.set_cookie(TOKEN_COOKIE, given.decode(), httponly=True, samesite="Strict", path="/")
+        raise signed_in
+
+    def _right(self, request: web.Request, given: bytes) -> bool:
+        """Whether `given` is the token; wrong guesses from one address are slowed (429 once past the burst)."""
+        address = client_address(request)
+        guesses = self.guesses.of(address)
+        if guesses.empty():
+            self.warn(f"refused {address}: too many wrong tokens, one a second now")
+            raise web.HTTPTooManyRequests(text="too many wrong tokens: try again in a second")
+        if hmac.compare_digest(given, self.token):
+            return True
+        guesses.take()
+        self.warn(f"refused {address}: wrong access token")
+        return False
+
     # --- /ws --------------------------------------------------------------------------------------------
 
     async def _websocket(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
-        origin = request.headers.get(hdrs.ORIGIN)  # browsers always send it; other clients have no page to guard
-        if origin is not None and not self._own_origin(request, origin):
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is None or not self._own_origin(request, origin):
             self.warn(f"refused /ws from {request.remote}: Origin '{origin}' (see allowed_origins)")
-            raise web.HTTPForbidden(text="foreign Origin")
+            raise web.HTTPForbidden(text="foreign or missing Origin")
         topics = [t for t in request.query.get("topics", "").split(",") if t]
         if len(topics) > MAX_TOPICS or not all(_TOPIC.match(t) for t in topics):
             raise web.HTTPBadRequest(text=f"topics: at most {MAX_TOPICS} topic names")
-        if not self._authorized(request):
-            self.warn(f"refused /ws from {request.remote}: no valid access token")
+        given = (request.cookies.get(TOKEN_COOKIE) or request.query.get("token", "")).encode()
+        if not (given and self._right(request, given)):
+            if not given:
+                self.warn(f"refused /ws from {request.remote}: no access token")
             ws = web.WebSocketResponse()
             await ws.prepare(request)
             await ws.close(code=TOKEN_REQUIRED, message=b"access token required")
             return ws
-        if self.browsers >= self.spec.max_browsers:
-            self.warn(f"refused /ws from {request.remote}: {self.browsers} browsers already (max_browsers)")
+        address = client_address(request)
+        if sum(self.browsers.values()) >= self.spec.max_browsers:
+            self.warn(f"refused /ws from {address}: {self.spec.max_browsers} browsers already (max_browsers)")
             raise web.HTTPServiceUnavailable(text="too many browsers")
-        self.browsers += 1
+        if self.browsers.get(address, 0) >= self.spec.browsers_per_address:
+            limit = self.spec.browsers_per_address
+            self.warn(f"refused /ws from {address}: {limit} browsers from there already (browsers_per_address)")
+            raise web.HTTPServiceUnavailable(text="too many browsers from this address")
+        self.browsers[address] = self.browsers.get(address, 0) + 1
         try:
             return await handler(request)
         finally:
-            self.browsers -= 1
+            self.browsers[address] -= 1
+            if not self.browsers[address]:
+                del self.browsers[address]
 
     def _own_origin(self, request: web.Request, origin: str) -> bool:
         """The page comes from where the browser reached us (the Host, already on the list) or a listed origin."""
         origin = origin.lower()
         return origin == f"{request.scheme}://{request.headers[hdrs.HOST].lower()}" or origin in self.origins
 
-    def _authorized(self, request: web.Request) -> bool:
-        if self.loopback_only or self._free(request.remote):
-            return True
-        given = request.query.get("token", "").encode()
-        return self.token is not None and hmac.compare_digest(given, self.token)
-
-    def _free(self, peer: str | None) -> bool:
-        try:
-            address = ipaddress.ip_address(peer or "")
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
-        return any(address in network for network in self.free)
-
     # --- frames from a browser --------------------------------------------------------------------------
 
     def screen(self, bucket: TokenBucket, frame: WSMessage) -> str | None:
-        """None for a text frame within the browser's allowance (a command to read), else why it is refused."""
+        """None for a text frame within the client's allowance (a command to read), else why it is refused."""
         if not bucket.take():
             return f"too many commands (at most {self.spec.command_rate:g} a second)"
         if frame.type == WSMsgType.TEXT:
@@ -257,6 +281,17 @@ class Guard:
         if frame.type == WSMsgType.ERROR:  # aiohttp closes the socket after it (1009 too big, 1007 not UTF-8)
             return f"bad frame: {frame.data}"
         return f"{frame.type.name.lower()} frames are not accepted"
+
+
+def client_address(request: web.Request) -> str:
+    """Who a request comes from: its peer's address, an IPv4 one as such on a dual-stack socket."""
+    try:
+        address = ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        return request.remote or "?"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
+    return str(address)
 
 
 def _hostname(host: str) -> str:

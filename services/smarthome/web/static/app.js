@@ -5,8 +5,7 @@
 const cards = new Map();  // sender -> {element, topic, online}
 const ORDER = ["light", "coffee", "toast", "mirror"];  // cards follow the routine, whatever arrives first
 const LOG_LINES = 50;
-const TOKEN_REQUIRED = 4401;  // the forwarder's close code: bound beyond loopback, it wants the access token
-const TOKEN_KEY = "smarthome-token";  // sessionStorage: asked once per browser session
+const TOKEN_REQUIRED = 4401;  // the forwarder's close code: no access token, or a wrong one
 let socket;
 let lightOn = null;
 
@@ -81,9 +80,8 @@ function log(event) {
 function connect() {
   const status = document.getElementById("connection");
   const button = document.getElementById("light-button");
-  const token = sessionStorage.getItem(TOKEN_KEY);
-  const query = token ? `?token=${encodeURIComponent(token)}` : "";
-  socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws${query}`);
+  // The token goes as the cookie the forwarder set at /?token= (HttpOnly: this script never sees it).
+  socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
   socket.onopen = () => {
     status.textContent = "live";
     status.classList.remove("offline");
@@ -92,9 +90,8 @@ function connect() {
   socket.onclose = (event) => {
     status.classList.add("offline");
     button.disabled = true;
-    if (event.code === TOKEN_REQUIRED) {  // no token, or a wrong one: ask, and connect again once given
-      sessionStorage.removeItem(TOKEN_KEY);
-      status.textContent = "access token required";
+    if (event.code === TOKEN_REQUIRED) {  // no token, or a wrong one: ask for it
+      status.textContent = location.hash === "#wrong-token" ? "wrong access token" : "access token required";
       document.getElementById("token-form").hidden = false;
       return;
     }
@@ -114,9 +111,7 @@ document.getElementById("light-button").addEventListener("click", () => {
   socket.send(JSON.stringify({ command: "light", state: lightOn ? "OFF" : "ON" }));
 });
 document.getElementById("token-form").addEventListener("submit", (event) => {
-  event.preventDefault();
-  sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value);
-  event.target.hidden = true;
-  connect();
+  event.preventDefault();  // the forwarder keeps a right token as a cookie and sends the page back here
+  location.assign(`/?token=${encodeURIComponent(document.getElementById("token").value)}`);
 });
 connect();
