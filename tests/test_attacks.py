@@ -19,12 +19,14 @@ import pytest
 import yaml
 import zmq
 from smarthome.core.envelope import Message, encode
-from smarthome.core.logs import LINES_PER_SECOND
 from smarthome.core.protocol import ANSWER_BURST, MAX_INSTANCES
+from smarthome.core.sockets import SUBSCRIPTION_LINES_PER_SECOND
 from support import (
     ALL_IDLE,
     ALL_READY,
     BROKER_CONFIG,
+    DEADLINE,
+    HOST,
     SHIPPED_CONFIG,
     ServiceProcess,
     endpoint,
@@ -225,7 +227,7 @@ def test_a_flood_of_one_subscription_costs_a_few_answers_and_a_few_lines(
     tmp_path: Path, run_service: Start, context: zmq.Context, source: Path
 ) -> None:
     """[P5, C2] 5,000 repeated subscribes to 'light' are answered a few times a heartbeat_interval, not 5,000
-    times, and logged at most LINES_PER_SECOND a second for that peer; one who subscribes meanwhile is answered."""
+    times, and logged at most SUBSCRIPTION_LINES_PER_SECOND a second; one who subscribes meanwhile is answered."""
     config = loopback_config(tmp_path, source)
     broker = "broker" in yaml.safe_load(config.read_text())["services"]
     server = "broker" if broker else "light-switch"
@@ -261,7 +263,9 @@ def test_a_flood_of_one_subscription_costs_a_few_answers_and_a_few_lines(
         answers += watcher.recv_multipart()[0] == b"light"
     assert 0 < answers <= (seconds + 2) * (ANSWER_BURST + 1), f"{answers} answers in {seconds:.1f}s"
     lines = len(log.messages()) - lines_before
-    assert lines <= (seconds + 2) * LINES_PER_SECOND + 5, f"{lines} lines in {seconds:.1f}s\n{log.output()}"
+    assert lines <= (seconds + 2) * SUBSCRIPTION_LINES_PER_SECOND + 5, (
+        f"{lines} lines in {seconds:.1f}s\n{log.output()}"
+    )
     assert latecomer.poll(10_000), "the subscriber who came during the flood got nothing"
     assert not log.count("could not handle"), log.output()
 
@@ -295,3 +299,28 @@ def test_a_stolen_key_cannot_invent_appliances_and_no_ghost_outlives_offline_aft
     assert smarthome(config, "light", "off", "--timeout", "30").returncode == 0
     switch.wait_for("LIGHT SWITCH switched OFF by smarthome-cli@")
     mirror.says("MIRROR coffee=idle toast=unknown")
+
+
+def test_one_forged_message_with_the_highest_seq_freezes_no_one(
+    tmp_path: Path, run_service: Start, context: zmq.Context
+) -> None:
+    """[L3-L5, G2] The toaster's key used once, through the broker: a heartbeat and a 'toast' under the real
+    toaster's own name, of another life, seq 2**63-1, its clock a minute ahead. The real toaster's next state
+    still reaches the mirror: no seq and no clock outranks a life that runs."""
+    fast = {"heartbeat_interval": 0.2, "offline_after": 3, "services.coffee-maker.prep_time": 0}
+    config = loopback_config(tmp_path, BROKER_CONFIG, **fast, **{"services.toaster.prep_time": 0})
+    services = {
+        n: run_service(n, config) for n in ("broker", "light-switch", "coffee-maker", "toaster", "smart-mirror")
+    }
+    mirror = services["smart-mirror"]
+    mirror.wait_for(ALL_READY)
+    forger = with_key(context.socket(zmq.XPUB), config, "toaster", server="broker")
+    forger.connect(endpoint(config, "broker", "publishers"))
+    assert forger.poll(DEADLINE * 1000), "the broker never subscribed"  # connected: its subscriptions came
+    sender, ahead, highest = f"toaster@{HOST}", time.time() + 60, 2**63 - 1
+    forger.send_multipart(encode(Message("heartbeat", sender, 4242, highest, ahead, {"for": "toast"})))
+    forger.send_multipart(encode(Message("toast", sender, 4242, highest, ahead, {"status": False})))
+    mirror.says("MIRROR coffee=ready toast=idle")  # taken: a key holder may speak as its service, once
+    for state, view in (("off", "MIRROR coffee=idle toast=idle"), ("on", "MIRROR coffee=ready toast=ready")):
+        assert smarthome(config, "light", state, "--timeout", "30").returncode == 0
+        mirror.says(view, times=2 if state == "on" else 1)  # the real toaster again, the forged life retired

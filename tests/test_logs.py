@@ -74,7 +74,7 @@ def test_a_held_line_carries_the_time_of_its_call_and_exceptions_are_not_held() 
 def test_lines_beyond_ten_a_second_of_one_peer_are_counted_and_told_with_its_next_line_that_gets_through() -> None:
     log, out = stream_logger()
     now = 100.0
-    limited = LimitedLines(log, clock=lambda: now)
+    limited = LimitedLines(log, clock=lambda: now)  # LINES_PER_SECOND by default
     for i in range(LINES_PER_SECOND + 5):
         limited.log("bad %d", i, peer="toaster")
     limited.log("other %d", 1, peer="web")  # another peer's line is not held back by the flood

@@ -84,7 +84,10 @@ def test_the_stack_heals_from_every_fault(stack: Stack) -> None:
         stack.scale("toaster", 1, "--wait")
         mirror_says(stack, ALL_READY)  # the two scaled-down instances are gone from the mirror
 
+        listening = stack.logs("broker").count("BROKER subscribe 'light-set'")
         stack.compose("restart", "broker")
+        # A command goes once, when a switch listens [P3]: both switches must be back first, or one misses it.
+        stack.logs("broker").wait_for("BROKER subscribe 'light-set'", times=listening + 2, timeout=HEAL)
         light(config, "off")
         mirror_says(stack, ALL_IDLE)
         light(config, "on")

@@ -73,9 +73,10 @@ class KeyRing:
                 descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(descriptor, "w") as file:
                     file.write(secrets.token_urlsafe(TOKEN_BYTES) + "\n")
-            if owner is not None:
-                os.chown(path, owner, self.directory.stat().st_gid)
+            if owner is not None:  # ours for a moment: chmod wants the owner (compose's `keys` has CHOWN, not FOWNER)
+                os.chown(path, os.geteuid(), -1)
                 os.chmod(path, 0o640)
+                os.chown(path, owner, self.directory.stat().st_gid)
         return made
 
     def token_path(self, name: str) -> Path:

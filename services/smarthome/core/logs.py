@@ -162,13 +162,20 @@ def held_lines() -> Iterator[HeldLines]:
 
 
 class LimitedLines:
-    """Lines about what peers send, at most LINES_PER_SECOND a second per peer: a flood of bad input or of
+    """Lines about what peers send, at most `per_second` a second per peer: a flood of bad input or of
     subscriptions must not flood the log, nor hide what others do. What is held back is counted and told with
     that peer's next line that gets through. `peer`: the key it authenticated with, or whatever tells it apart."""
 
-    def __init__(self, log: logging.Logger, level: int = logging.WARNING, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        log: logging.Logger,
+        level: int = logging.WARNING,
+        per_second: int = LINES_PER_SECOND,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.logger = log
         self.level = level
+        self.per_second = per_second
         self.clock = clock
         self.peers: OrderedDict[object, list[int]] = OrderedDict()  # peer -> [second, printed, held back]
 
@@ -180,7 +187,7 @@ class LimitedLines:
             self.peers.popitem(last=False)
         if count[0] != now:
             count[0], count[1] = now, 0
-        if count[1] >= LINES_PER_SECOND:
+        if count[1] >= self.per_second:
             count[2] += 1
             return
         count[1] += 1

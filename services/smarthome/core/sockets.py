@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 Handler = Callable[..., None]  # handler(frames), or handler(frames, peer) where the loop reads the peer's User-Id
 Watch = Callable[..., None]  # watch(sock, handler, peer=False): how a loop calls the handler for each message
 log = logging.getLogger("smarthome")
+SUBSCRIPTION_LINES_PER_SECOND = 100  # a peer may subscribe thousands of times a second; a broker restart, a few dozen
 warnings = LimitedLines(log)  # about what peers send
-subscriptions = LimitedLines(log, logging.INFO)  # who subscribes: a peer may send thousands a second
+subscriptions = LimitedLines(log, logging.INFO, per_second=SUBSCRIPTION_LINES_PER_SECOND)  # who subscribes
 SUBSCRIPTION_MAX_BYTES = 1024  # above libzmq's 0-275 range that breaks the handshake (libzmq #4436)
 TCP_KEEPALIVE_IDLE = 10  # seconds of silence before the kernel probes a connection
 TCP_KEEPALIVE_INTVL = 2  # seconds between probes
