@@ -102,6 +102,41 @@ def test_the_broker_hands_the_last_value_to_late_subscribers(
     broker.says("BROKER unsubscribe 'toast'")
 
 
+def test_the_broker_keeps_a_state_in_its_typed_form_and_none_it_cannot_read(
+    config: Path, run_service: Start, context: zmq.Context
+) -> None:  # [C1]
+    broker = run_service("broker", config)
+    broker.wait_for("started")
+    publisher = with_key(context.socket(zmq.PUB), config, server="broker")
+    publisher.connect(endpoint(config, "broker", "publishers"))
+    probe = with_key(context.socket(zmq.SUB), config, server="broker")
+    probe.subscribe(b"")
+    probe.connect(endpoint(config, "broker", "subscribers"))
+    broker.wait_for("subscribe all topics")
+    padded = encode(Message("toast", "big@test", 1, 1, time.time(), {"status": True, "padding": "x" * 50_000}))
+    unreadable = encode(Message("coffee", "big@test", 1, 2, time.time(), {"status": "maybe"}))
+
+    def sent_and_seen() -> bool:  # PUB drops until connected: send until the probe sees both, as they were sent
+        for frames in (padded, unreadable):
+            publisher.send_multipart(frames)
+        seen = []
+        while probe.poll(100):
+            seen.append(probe.recv_multipart())
+        return padded in seen and unreadable in seen
+
+    wait_until(sent_and_seen, "the broker to forward both")
+    broker.says(
+        "BROKER keeps no message it could not read: topic 'coffee': expected 'bool', got 'str' at 'body.status'"
+    )
+    late = with_key(context.socket(zmq.SUB), config, server="broker")
+    late.subscribe(b"")
+    late.connect(endpoint(config, "broker", "subscribers"))
+    assert late.poll(10_000), "no last value for a late subscriber"
+    topic, kept = late.recv_multipart()
+    assert (topic, json.loads(kept)["body"], len(kept) < 200) == (b"toast", {"status": True}, True)
+    assert not late.poll(200)  # ok to wait briefly here: asserting that nothing more arrives (no coffee kept)
+
+
 async def test_the_dashboard_knows_when_no_light_switch_listens_through_the_broker(
     config: Path, run_service: Start
 ) -> None:

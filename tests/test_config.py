@@ -192,6 +192,12 @@ BROKEN = {
         "services.light-switch.commands.bind",
         "commands reachable beyond 127.0.0.1 need 'curve: true'",
     ),
+    "a mirror's view past its bound": (
+        "max_message_bytes: 65536",
+        "max_instances: 200\nmax_message_bytes: 65536",
+        "max_instances",
+        "200 instances of each of smart-mirror's topics make a view of more than 256 labels",
+    ),
     "a toggle faster than a light": (
         "toggle_period: 0 ",
         "toggle_period: 0.000001 ",

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from smarthome.core.envelope import EnvelopeError, LightState, Message, decode, encode
+from smarthome.core.envelope import (
+    MAX_VIEW_LABELS,
+    EnvelopeError,
+    LightState,
+    Message,
+    MirrorView,
+    decode,
+    encode,
+    retyped,
+)
 
 
 def test_round_trip() -> None:
@@ -78,6 +87,18 @@ REJECTED = {
         "topic 'light': expected 'object', got 'str' at 'body'",
     ),
 }
+
+
+def test_the_mirror_s_view_is_bounded_and_a_kept_body_is_retyped() -> None:
+    def view(labels: int) -> list[bytes]:
+        body = {"view": {f"toast@{i}": "ready" for i in range(labels)}}
+        return encode(Message("mirror", "smart-mirror@h", 1, 1, 0.0, body))
+
+    assert len(decode(view(MAX_VIEW_LABELS), MirrorView).body.view) == MAX_VIEW_LABELS
+    with pytest.raises(EnvelopeError, match=f"expected 'object' of length <= {MAX_VIEW_LABELS} at 'body.view'"):
+        decode(view(MAX_VIEW_LABELS + 1), MirrorView)
+    padded = encode(Message("light", "s@h", 1, 1, 0.0, {"state": "ON", "padding": "x" * 1000}))
+    assert retyped(padded, LightState) == encode(Message("light", "s@h", 1, 1, 0.0, {"state": "ON"}))
 
 
 @pytest.mark.parametrize("case", REJECTED, ids=list(REJECTED))

@@ -109,6 +109,20 @@ async def test_a_new_browser_starts_with_the_current_state(site: Any) -> None:
     assert topics == {"light", "toast"}
 
 
+async def test_bodies_reach_browsers_in_their_typed_form_and_one_of_another_type_does_not(
+    site: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, appliances, forwarder = site
+    ws = await client.ws_connect("/ws")
+    await appliances.send("toast", {"status": True, "padding": "x" * 50_000})
+    assert (await next_event(ws))["body"] == {"status": True}  # unknown fields dropped, live and kept alike
+    await appliances.send("coffee", {"status": "maybe"}, sender="odd@test")
+    await appliances.send("toast", {"status": False})
+    assert (event := await next_event(ws))["topic"] == "toast" and event["body"] == {"status": False}
+    assert "WEB dropped a message on 'coffee': expected 'bool', got 'str' at 'body.status'" in caplog.text
+    assert [len(text) < 200 for text in forwarder.latest.values()] == [True]  # one state kept, and small
+
+
 async def test_a_topic_filter_narrows_what_a_browser_gets(site: Any) -> None:
     client, appliances, _ = site
     only_light = await client.ws_connect("/ws?topics=light")

@@ -12,12 +12,12 @@ import ipaddress
 import os
 import re
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 import yaml
 
-from smarthome.core.envelope import HEARTBEAT_TOPIC
+from smarthome.core.envelope import HEARTBEAT_TOPIC, MAX_VIEW_LABELS, ApplianceStatus, LightState, MirrorView
 from smarthome.core.protocol import MAX_INSTANCES, MAX_SENDERS, Kind
 from smarthome.core.schema import explain
 
@@ -60,6 +60,7 @@ class Subscribe(_Strict):
 
 class _Service(_Strict, tag_field="role"):
     name: DisplayName  # display name used in log lines, e.g. "COFFEE MAKER"
+    body: ClassVar[type[msgspec.Struct] | None] = None  # what the role publishes
 
     @property
     def role(self) -> str:
@@ -82,18 +83,21 @@ class _Service(_Strict, tag_field="role"):
 
 
 class LightSwitchConfig(_Service, tag="light-switch"):
+    body = LightState  # and what its commands carry
     publish: Publish
     toggle_period: Seconds  # 0 = never toggle
     commands: Subscribe | None = None  # where `smarthome light on|off` and the dashboard reach it
 
 
 class ApplianceConfig(_Service, tag="appliance"):
+    body = ApplianceStatus
     subscribe: Subscribe
     publish: Publish
     prep_time: Seconds
 
 
 class MirrorConfig(_Service, tag="mirror"):
+    body = MirrorView
     subscribe: Subscribe
     publish: Publish | None = None  # where it shows its view to others (the dashboard)
 
@@ -172,6 +176,16 @@ class Config(msgspec.Struct, frozen=True):
     def publishers(self) -> dict[str, Publish]:
         """Service name -> its publisher socket, for every service that has one."""
         return {name: spec for name, s in self.services.items() for field, spec in s.sockets() if field == "publish"}
+
+    def body_type(self, topic: str) -> type[msgspec.Struct] | None:
+        """The body `topic` carries: what its publisher's role sends; a commands topic, what the light switch's
+        commands carry (light states). None: a topic of no role's (the forwarder's own events)."""
+        for service in self.services.values():
+            for field, spec in service.sockets():
+                if field == "commands" and topic in (spec.topics if isinstance(spec, Subscribe) else [spec.topic]):
+                    return LightSwitchConfig.body
+        publisher = self.publisher_of(topic)
+        return publisher[1].body if publisher else None
 
     def publisher_of(self, topic: str) -> tuple[str, ServiceConfig] | None:
         """The (first) service that publishes `topic`, or None."""
@@ -297,6 +311,9 @@ def _check_wiring(config: Config) -> None:
         raise ConfigError(config.path, f"topics.{HEARTBEAT_TOPIC}", "reserved for heartbeats: pick another name")
     published = {p.topic for p in config.publishers().values()}
     for name, service in config.services.items():
+        if isinstance(service, MirrorConfig) and len(service.subscribe.topics) * config.max_instances > MAX_VIEW_LABELS:
+            problem = f"{config.max_instances} instances of each of {name}'s topics make a view of more than "
+            raise ConfigError(config.path, "max_instances", problem + f"{MAX_VIEW_LABELS} labels")
         if isinstance(service, LightSwitchConfig) and 0 < service.toggle_period < MIN_TOGGLE_PERIOD:
             problem = f"{service.toggle_period:g} is too fast: 0 (never) or at least {MIN_TOGGLE_PERIOD:g}"
             raise ConfigError(config.path, f"services.{name}.toggle_period", problem)

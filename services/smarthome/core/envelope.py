@@ -20,6 +20,8 @@ SENDER = re.compile(r"^[A-Za-z0-9_.:+-]{1,100}@[A-Za-z0-9_.:+-]{1,100}$")  # ser
 Counter = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 TOPIC = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 MAX_BODY_DEPTH = 8  # our bodies are flat; a deeper one is an attack on whoever walks it later
+MAX_VIEW_LABELS = 256  # labels in the mirror's view: its topics x max_instances, with room
+MAX_LABEL_CHARS = 165  # one label: topic@instance, 64 + 1 + 100
 Life = Annotated[int, msgspec.Meta(ge=1, lt=2**53)]  # [M4] exact in every JSON reader, a browser's too
 
 
@@ -176,5 +178,16 @@ class ApplianceStatus(msgspec.Struct, frozen=True):
     status: bool  # true = ready (coffee made, toast done)
 
 
+Label = Annotated[str, msgspec.Meta(max_length=MAX_LABEL_CHARS)]
+
+
 class MirrorView(msgspec.Struct, frozen=True):
-    view: dict[str, str]  # label -> "ready" | "idle" | "unknown", e.g. {"coffee": "ready", "toast@1a2b": "idle"}
+    # label -> "ready" | "idle" | "unknown", e.g. {"coffee": "ready", "toast@1a2b": "idle"}; bounded, so that
+    # no number of instances makes the view too big to send
+    view: Annotated[dict[Label, Literal["ready", "idle", "unknown"]], msgspec.Meta(max_length=MAX_VIEW_LABELS)]
+
+
+def retyped(frames: list[bytes], body_type: type[msgspec.Struct]) -> list[bytes]:
+    """`frames` as they are kept: the body in its typed form, unknown fields dropped (EnvelopeError if it is
+    not of `body_type`). What a cache keeps is what its readers will accept, and no bigger."""
+    return encode(decode(frames, body_type))

@@ -14,10 +14,10 @@ import time
 import zmq
 
 from smarthome.core.config import BrokerConfig
-from smarthome.core.envelope import HEARTBEAT_TOPIC, EnvelopeError, decode_head
+from smarthome.core.envelope import HEARTBEAT_TOPIC, EnvelopeError, decode_head, retyped
 from smarthome.core.identity import Identity
 from smarthome.core.messaging import Subscription, refused_instance, send_frames
-from smarthome.core.protocol import Answers, Beat, LastValues, Receiver
+from smarthome.core.protocol import Answers, Beat, Kind, LastValues, Receiver
 from smarthome.core.runtime import Loop
 from smarthome.core.sockets import subscriptions, warnings
 
@@ -49,6 +49,7 @@ def main(me: Identity, spec: BrokerConfig) -> int:
         )
     )
     upstream: set[bytes] = set()  # subscriptions the publishers have from us
+    body_types = {t: config.body_type(t) for t, kind in config.topics.items() if kind is Kind.STATE}
 
     def forward(frames: list[bytes], peer: str | None = None) -> None:
         try:
@@ -65,6 +66,12 @@ def main(me: Identity, spec: BrokerConfig) -> int:
             return
         send_frames(to_subscribers, frames)
         if topic != HEARTBEAT_TOPIC:
+            if (body_type := body_types.get(topic)) is not None:  # a state: kept in its typed form [C1]
+                try:
+                    frames = retyped(frames, body_type)
+                except EnvelopeError as exc:
+                    warnings.log("%s keeps no message it could not read: %s", spec.name, exc, peer=peer)
+                    return
             kept.take(head.sender, head.life, topic, head.seq, frames, time.monotonic())  # [C1]
             return
         wanted = concerns.encode()

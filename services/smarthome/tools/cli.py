@@ -24,17 +24,15 @@ from pathlib import Path
 import msgspec
 
 from smarthome.core.config import (
-    ApplianceConfig,
     Config,
     LightSwitchConfig,
-    MirrorConfig,
     Publish,
     Subscribe,
     WebConfig,
     host_port,
     load_config,
 )
-from smarthome.core.envelope import HEARTBEAT_TOPIC, ApplianceStatus, LightState, Message, MirrorView
+from smarthome.core.envelope import HEARTBEAT_TOPIC, LightState, Message
 from smarthome.core.identity import Identity
 from smarthome.core.keys import KeyRing, keys_dir
 from smarthome.core.runtime import Loop
@@ -45,12 +43,6 @@ DEFAULT_CONFIG = "smarthome.yml"
 SEND_LINGER_MS = 2000  # how long `pub` may take to flush its one message after a subscriber is there
 COUNT_TIMEOUT = 10.0  # seconds `sub --count N` waits by default: a steady stack sends only its current states
 PROBE_TIMEOUT = 0.2  # seconds a TCP connect to a loopback port may take (a closed one refuses at once)
-BODY_TYPES: dict[type, type[msgspec.Struct]] = {
-    LightSwitchConfig: LightState,
-    ApplianceConfig: ApplianceStatus,
-    MirrorConfig: MirrorView,
-}  # what each role publishes; commands topics carry LightState too
-
 log = logging.getLogger("smarthome.tools")
 
 
@@ -136,16 +128,6 @@ def check_topics(config: Config, topics: list[str], *also: str) -> None:
         raise UsageError(f"unknown topic '{unknown[0]}' (known: {', '.join(sorted(known))})")
 
 
-def body_type(config: Config, topic: str) -> type[msgspec.Struct] | None:
-    """The body `topic` carries: what its publisher's role sends; a commands topic carries light states."""
-    for service in config.services.values():
-        for field, spec in service.sockets():
-            if field == "commands" and topic in (spec.topics if isinstance(spec, Subscribe) else [spec.topic]):
-                return LightState
-    publisher = config.publisher_of(topic)
-    return BODY_TYPES.get(type(publisher[1])) if publisher else None
-
-
 def parse_body(config: Config, topic: str, body_json: str) -> dict:
     """The JSON object in `body_json`, checked against the body type of `topic`."""
     try:
@@ -154,7 +136,7 @@ def parse_body(config: Config, topic: str, body_json: str) -> dict:
         raise UsageError(f"invalid JSON body: {exc}") from None
     if not isinstance(body, dict):
         raise UsageError(f"the body must be a JSON object, got: {body_json}")
-    if kind := body_type(config, topic):
+    if kind := config.body_type(topic):
         try:
             msgspec.convert(body, kind)
         except msgspec.ValidationError as exc:

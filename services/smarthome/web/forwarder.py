@@ -33,7 +33,8 @@ from smarthome.core.envelope import HEARTBEAT_TOPIC, LightState, Message
 from smarthome.core.identity import HEALTH_TOUCH_EVERY, Identity
 from smarthome.core.messaging import Outbox, Subscriber, Subscription
 from smarthome.core.protocol import Kind
-from smarthome.core.sockets import Handler, Sockets, guarded
+from smarthome.core.schema import explain
+from smarthome.core.sockets import Handler, Sockets, guarded, warnings
 from smarthome.web.guard import Guard, TokenBucket, access_token, listen_host
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Forwarder:
         self.commands = Outbox(me, commands, me.config.topics[commands])  # the light button's, and who listens
         self.events = Outbox(me, "presence", Kind.EVENT)  # the forwarder's own events to browsers: presence, error
         self.subscriber = Subscriber(spec.name, me.config, spec.subscribe.topics, None, on_gap=self.counted)
+        self.body_types = {topic: me.config.body_type(topic) for topic in me.config.topics}
         self.tasks: set[asyncio.Task[None]] = set()
         self.done = asyncio.Event()  # set by SIGTERM/SIGINT, or by a background task that died
         self.failed = False
@@ -147,8 +149,25 @@ class Forwarder:
             return
         message, _ = accepted
         self.seen(message.sender)
-        if message.topic != HEARTBEAT_TOPIC:  # heartbeats only feed presence
-            self.send_all(message)
+        if message.topic != HEARTBEAT_TOPIC and (typed := self.typed(message)):  # heartbeats only feed presence
+            self.send_all(typed)
+
+    def typed(self, message: Message) -> Message | None:
+        """`message` with its body in its typed form, unknown fields dropped: what browsers get and `latest`
+        keeps is what a page can read, and no bigger. None (and a warning) if the body is not of its type."""
+        body_type = self.body_types.get(message.topic)
+        if body_type is None:
+            return message
+        try:
+            body = msgspec.to_builtins(msgspec.convert(message.body, body_type))
+        except msgspec.ValidationError as exc:
+            problem, where = explain(exc)
+            problem += f" at 'body.{where}'" if where else ""
+            warnings.log(
+                "%s dropped a message on '%s': %s", self.spec.name, message.topic, problem, peer=message.sender
+            )
+            return None
+        return msgspec.structs.replace(message, body=body)
 
     def on_command_subscription(self, frames: list[bytes]) -> None:
         if subscription := Subscription.parse(frames):
