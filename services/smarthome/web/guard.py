@@ -213,7 +213,7 @@ class Guard:
         """`/?token=`: the page keeps a right token as a cookie only it sends, and leaves it out of its address."""
         given = request.query["token"].encode()
         if not self._right(request, given):
-            raise web.HTTPSeeOther("/#wrong-token")  # the page asks again
+            raise web.HTTPSeeOther("/?wrong-token")  # the page asks again (a query: a fragment may not reload it)
         signed_in = web.HTTPSeeOther("/")
         signed_in.set_cookie(TOKEN_COOKIE, given.decode(), httponly=True, samesite="Strict", path="/")
         raise signed_in

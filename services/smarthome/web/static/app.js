@@ -91,7 +91,8 @@ function connect() {
     status.classList.add("offline");
     button.disabled = true;
     if (event.code === TOKEN_REQUIRED) {  // no token, or a wrong one: ask for it
-      status.textContent = location.hash === "#wrong-token" ? "wrong access token" : "access token required";
+      const wrong = new URLSearchParams(location.search).has("wrong-token");
+      status.textContent = wrong ? "wrong access token" : "access token required";
       document.getElementById("token-form").hidden = false;
       return;
     }
