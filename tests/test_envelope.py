@@ -6,12 +6,15 @@ import pytest
 from smarthome.core.envelope import (
     MAX_VIEW_LABELS,
     EnvelopeError,
+    Head,
     LightState,
     Message,
     MirrorView,
     decode,
+    decode_head,
     encode,
     retyped,
+    topic_of,
 )
 
 
@@ -87,6 +90,42 @@ REJECTED = {
         "topic 'light': expected 'object', got 'str' at 'body'",
     ),
 }
+
+
+HEAD_REFUSED = {  # what the broker reads of a message, its body skipped [M8]
+    "three frames": ([b"light", b"{}", b""], "not [topic, json] with a topic name"),
+    "not a topic": ([b"Light!", b"{}"], "not [topic, json] with a topic name"),
+    "not JSON": ([b"light", b"{"], "topic 'light': not valid JSON"),
+    "no seq": ([b"light", b'{"sender":"s@h","life":1}'], "topic 'light': missing key 'seq'"),
+    "heartbeat for nothing": (
+        [b"heartbeat", b'{"sender":"s@h","life":1,"seq":1,"body":{}}'],
+        "topic 'heartbeat': missing key 'for' at 'body'",
+    ),
+    "no instance": (
+        [b"light", b'{"sender":"switch","life":1,"seq":1}'],
+        "topic 'light': sender 'switch' is not service@instance",
+    ),
+    "a long sender, cut": (
+        [b"light", b'{"sender":"' + b"s" * 81 + b'@","life":1,"seq":1}'],
+        f"topic 'light': sender '{'s' * 80}' is not service@instance",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", HEAD_REFUSED, ids=list(HEAD_REFUSED))
+def test_the_head_the_broker_reads_is_refused_with_its_reason(case: str) -> None:
+    frames, reason = HEAD_REFUSED[case]
+    assert topic_of(frames) == (frames[0].decode() if case not in ("three frames", "not a topic") else None)
+    with pytest.raises(EnvelopeError) as refusal:
+        decode_head(frames)
+    assert str(refusal.value) == reason
+
+
+def test_a_head_is_its_topic_what_it_concerns_and_who_sent_it() -> None:
+    beat = encode(Message("heartbeat", "s@h", 5, 7, 0.0, {"for": "toast"}))
+    topic, concerns, head = decode_head(beat)
+    assert (topic, concerns, head.sender, head.life, head.seq) == ("heartbeat", "toast", "s@h", 5, 7)
+    assert decode_head(encode(Message("light", "s@h", 5, 8, 0.0, {}))) == ("light", "light", Head("s@h", 5, 8))
 
 
 def test_the_mirror_s_view_is_bounded_and_a_kept_body_is_retyped() -> None:

@@ -190,6 +190,18 @@ def test_the_broker_keeps_every_state_topic_of_a_sender_and_no_more_than_its_bou
     assert list(kept.matching("mirror")) == [[b"mirror", b"view"]]
 
 
+def test_the_broker_counts_the_bytes_it_keeps_through_replacements_and_evictions() -> None:  # [C6]
+    kept = LastValues(Receiver(KINDS, GONE_AFTER, INTERVAL), max_messages=100, max_bytes=25)
+    for seq in range(1, 20):  # a@h replaces its own state again and again: 10 bytes kept, whatever the count
+        kept.take("a@h", A, "light", seq, [b"light", b"aaaaa"], now=0)
+    kept.take("b@h", A, "light", 1, [b"light", b"bbbbb"], now=1)  # 20 bytes: room for both
+    assert list(kept.matching("")) == [[b"light", b"aaaaa"], [b"light", b"bbbbb"]]
+    kept.take("c@h", A, "light", 1, [b"light", b"ccccc"], now=2)  # 30 bytes: the least recently updated goes
+    assert list(kept.matching("")) == [[b"light", b"bbbbb"], [b"light", b"ccccc"]]
+    kept.take("d@h", A, "light", 1, [b"light", b"d"], now=3)  # 26 bytes: b@h goes too
+    assert list(kept.matching("")) == [[b"light", b"ccccc"], [b"light", b"d"]]
+
+
 def test_a_sender_forgotten_to_keep_the_bound_is_not_handed_out_even_before_it_is_told() -> None:  # [C3, F3]
     kept = LastValues(receiver(max_senders=1))
     kept.take("a@h", A, "light", 1, [b"light", b"a"], now=0)

@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 import zmq
+from smarthome.core.config import load_config
 from smarthome.core.envelope import Message, encode
+from smarthome.core.identity import Identity
+from smarthome.core.runtime import Loop
 from support import (
     ALL_READY,
     BROKER_CONFIG,
@@ -210,3 +213,17 @@ def test_every_loop_touches_its_health_file_whatever_the_heartbeat_interval(
         wait_until(lambda h=health, f=first: h.stat().st_mtime_ns > f, f"{name} to touch it again", 5, service.output)
         assert service.stop() == 0
         assert not health.exists()  # a stopped service is not healthy
+
+
+def test_a_cancelled_timer_never_runs_and_the_others_run_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SMARTHOME_LOOPBACK", "1")  # endpoints on 127.0.0.1
+    loop = Loop(Identity("light-switch", load_config(loopback_config(tmp_path, curve=False))))
+    ran: list[str] = []
+    loop.call_later(0.02, lambda: ran.append("second"))
+    loop.call_later(0, lambda: ran.append("first"))
+    loop.call_later(0.01, lambda: ran.append("cancelled")).cancel()
+    loop.call_later(0.05, loop.stop)
+    assert loop.run() == 0
+    assert ran == ["first", "second"]
