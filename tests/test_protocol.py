@@ -269,8 +269,8 @@ class ReferenceStream:
 class Reference:
     """The rules of docs/protocol.md as plainly as they can be written, with no shortcuts."""
 
-    def __init__(self, max_senders: int) -> None:
-        self.max_senders = max_senders
+    def __init__(self, max_senders: int, max_instances: int) -> None:
+        self.max_senders, self.max_instances = max_senders, max_instances
         self.recency: list[str] = []  # alive, least recently heard first
         self.current: dict[str, int] = {}  # remembered senders (alive or forgotten): their current life
         self.heard: dict[str, float] = {}
@@ -282,6 +282,12 @@ class Reference:
 
     def _alive(self, name: str) -> bool:
         return name in self.recency
+
+    def refuses(self, name: str) -> bool:
+        """A2: one more instance of a service that has max_instances alive."""
+        service = name.partition("@")[0]
+        alive = [n for n in self.recency if n.partition("@")[0] == service]
+        return not self._alive(name) and len(alive) >= self.max_instances
 
     def _hear(self, name: str, now: float) -> None:
         self.heard[name] = now
@@ -316,6 +322,8 @@ class Reference:
                 table.pop(dropped, None)
 
     def take(self, name: str, life: int, topic: str, seq: int, now: float) -> bool:
+        if self.refuses(name):
+            return False  # A2
         if not self._alive(name):
             self._arrive(name, life, now)
         elif self.current[name] != life:
@@ -333,6 +341,8 @@ class Reference:
         return True
 
     def heartbeat(self, name: str, life: int, topic: str, seq: int, now: float) -> Beat:
+        if self.refuses(name):
+            return Beat.DROPPED  # A2
         if not self._alive(name):
             self._arrive(name, life, now)
         elif self.current[name] != life:
@@ -374,18 +384,18 @@ class Reference:
         return stream.held if stream else 0
 
 
-NAMES = ["switch@a", "web@b", "tool@c"]
+NAMES = ["switch@a", "switch@b", "web@b", "tool@c"]  # two instances of one service: A2
 Sent = tuple[str, str, int, str, int, float]  # (kind 'msg' | 'beat', name, life, topic, seq, ts)
 
 
 class Home(RuleBasedStateMachine):
     """The world: senders whose lives start and stop, a lossy FIFO to one receiver, and a broker that hears all."""
 
-    @initialize(max_senders=st.sampled_from([2, 3, 10]))
-    def start(self, max_senders: int) -> None:
+    @initialize(max_senders=st.sampled_from([2, 3, 10]), max_instances=st.sampled_from([1, 2, 16]))
+    def start(self, max_senders: int, max_instances: int) -> None:
         self.now = 0.0
-        self.receiver = Receiver(KINDS, GONE_AFTER, INTERVAL, max_senders=max_senders)
-        self.reference = Reference(max_senders)
+        self.receiver = Receiver(KINDS, GONE_AFTER, INTERVAL, max_senders=max_senders, max_instances=max_instances)
+        self.reference = Reference(max_senders, max_instances)
         self.kept = LastValues(Receiver(KINDS, GONE_AFTER, INTERVAL))
         self.lives: dict[str, list[int]] = {name: [] for name in NAMES}  # in the order they started
         self.running: dict[str, list[int]] = {name: [] for name in NAMES}
@@ -494,9 +504,10 @@ class Home(RuleBasedStateMachine):
                     assert (name, life, seq) not in self.commands_taken, "a command acted on twice"
                     self.commands_taken.add((name, life, seq))
             return
+        refused = self.reference.refuses(name)  # A2: one instance too many, whatever its life
         beat = self.receiver.heartbeat(name, life, topic, seq, self.now)
         assert beat == self.reference.heartbeat(name, life, topic, seq, self.now)
-        if name not in self.overlapped and life == self.lives[name][-1]:  # one life at a time: the newest
+        if name not in self.overlapped and life == self.lives[name][-1] and not refused:  # the newest life
             assert beat is not Beat.DROPPED and self.receiver.life_of(name) == life, "a new life was refused"
         if beat is not Beat.DROPPED:
             start = self.lives[name].index(life)
@@ -532,6 +543,8 @@ class Home(RuleBasedStateMachine):
             return
         r = self.receiver
         assert len(r.alive) <= r.max_senders and len(r.forgotten) <= r.max_senders
+        assert all(0 < count <= r.max_instances for count in r.instances.values())  # [A2]
+        assert sum(r.instances.values()) == len(r.alive)
         for sender in [*r.alive.values(), *r.forgotten.values()]:
             assert len(sender.streams) <= len(KINDS) and len(sender.retired) <= RETIRED_MAX
         states = sum(kind is Kind.STATE for kind in KINDS.values())
