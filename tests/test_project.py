@@ -4,7 +4,9 @@ swarm stack's few host-mode ports, which swarm cannot bind to one address, on th
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import pytest
 import yaml
 from support import BROKER_CONFIG, ROOT, SHIPPED_CONFIG, loopback_config
 
@@ -21,6 +23,62 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert test in ci_lines
     assert fast == "bash .ci/test-fast"  # the fast tier without root; test_cli checks it collects without Docker
+
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+EXTERNAL = {"docker", "jq", "export"}  # commands of other projects (or the shell) the README uses
+
+
+def subcommand(args: list[str]) -> str | None:
+    """The subcommand in `smarthome`'s arguments: the first word that is no option nor --config's value."""
+    words = iter(args)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def anchors(page: Path) -> set[str]:
+    """The anchors GitHub makes of a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", page.read_text(), flags=re.S), re.M)
+    return {re.sub(r"[^a-z0-9 _-]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_every_relative_link_resolves(page: Path) -> None:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # code blocks hold no links
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"^[a-z]+:", target):
+            continue  # https:, mailto:
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        assert linked.exists(), f"{page.name}: {target} leads nowhere"
+        if anchor and linked.suffix == ".md":
+            assert anchor in anchors(linked), f"{page.name}: no heading for #{anchor} in {linked.name}"
+
+
+def test_every_readme_command_names_a_file_or_subcommand_that_exists() -> None:
+    subcommands = set(re.findall(r"^smarthome (\w+)", (ROOT / "services/smarthome/__main__.py").read_text(), re.M))
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    commands = [
+        part
+        for block in blocks
+        for line in block.replace("\\\n", " ").splitlines()
+        for part in re.split(r"&&|\|", line.split("  #")[0])
+        if part.strip()
+    ]
+    assert commands
+    for command in commands:
+        words = [w for w in command.split() if not re.match(r"^[A-Z_0-9]+=", w)]  # no VAR=value
+        program, args = words[0], words[1:]
+        if program.endswith("smarthome"):
+            assert subcommand(args) in subcommands, command
+        elif program in ("bash", "python3") and args and not args[0].startswith("-"):
+            assert (ROOT / args[0]).exists(), command
+        elif program not in EXTERNAL:
+            assert (ROOT / program).exists() or program == "python3", command
 
 
 class ComposeLoader(yaml.SafeLoader):

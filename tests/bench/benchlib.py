@@ -2,7 +2,7 @@
 
 Each benchmark writes tests/bench/results/NAME.md (a header with date, machine, versions and command, then
 its tables, each row with the 1-minute load average when it was measured) and NAME.png.
-The README's "Measured" section is rebuilt from these files by run_all.py.
+docs/benchmarks.md is rebuilt from these files by run_all.py.
 """
 
 from __future__ import annotations

@@ -1,12 +1,11 @@
-"""Run every benchmark, then rebuild the README's "Measured" section from tests/bench/results/.
+"""Run every benchmark, then rebuild docs/benchmarks.md from tests/bench/results/.
 
     .venv/bin/python tests/bench/run_all.py                 # all of them (~35 min; needs Docker and Mosquitto)
-    .venv/bin/python tests/bench/run_all.py --readme-only   # only rewrite the README from the results there
-    .venv/bin/python tests/bench/run_all.py --only websocket  # one of them (a results name), then the README
+    .venv/bin/python tests/bench/run_all.py --page-only     # only rewrite docs/benchmarks.md from the results there
+    .venv/bin/python tests/bench/run_all.py --only websocket  # one of them (a results name), then the page
 
 Each benchmark is also a command of its own (see its docstring); each writes results/NAME.md (+ .png).
 Scripts that only print (stack_lifecycle.py, websocket.py) have their output saved there with a header.
-Only the README's "## Measured" section is rewritten, up to the next "## " heading.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import RESULTS, ROOT, docker_version, header, write
 
 BENCH = Path(__file__).resolve().parent
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "benchmarks.md"
 
 # (results name, command, writes its own results file, what the section says before the figures)
 BENCHMARKS = [
@@ -88,7 +87,7 @@ TITLES = {  # of the results of scripts that only print
 INTRO = """\
 Benchmarks are scripts in `tests/bench/`, one command each; `.venv/bin/python tests/bench/run_all.py` runs
 them all (about 35 minutes; Docker, `apt-get install mosquitto` and `pip install -e '.[bench]'` first) and
-rewrites this section from `tests/bench/results/`, where each leaves its figures as Markdown and PNG. Nothing
+rewrites this page from `tests/bench/results/`, where each leaves its figures as Markdown and PNG. Nothing
 in them is asserted. The machine they ran on is shared with other work, so absolute figures are noisy: the
 1-minute load average stands beside each figure, and what carries over to another machine is the **ratio to
 a baseline measured in the same run** (cases and repetitions are interleaved, so a slow period hits all alike).
@@ -107,39 +106,35 @@ def run(name: str, command: list[str], writes_own: bool) -> None:
     write(name, top + "\n" + output)
 
 
-def section() -> str:
-    parts = ["## Measured\n\n", INTRO]
+def page() -> str:
+    parts = ["# Measured\n\n", INTRO]
     for name, command, _, about in BENCHMARKS:
         path = RESULTS / f"{name}.md"
         if not path.exists():
             continue
         title, _, body = path.read_text().partition("\n")
-        parts.append(f"\n### {title.lstrip('# ')}\n\n`.venv/bin/python tests/bench/{' '.join(command)}`. {about}\n")
+        parts.append(f"\n## {title.lstrip('# ')}\n\n`.venv/bin/python tests/bench/{' '.join(command)}`. {about}\n")
         parts.append(re.sub(r"^- command: .*\n", "", body, flags=re.MULTILINE))
         if (RESULTS / f"{name}.png").exists():
-            parts.append(f"\n![{title.lstrip('# ')}](tests/bench/results/{name}.png)\n")
+            parts.append(f"\n![{title.lstrip('# ')}](../tests/bench/results/{name}.png)\n")
     return "".join(parts)
 
 
-def rewrite_readme() -> None:
-    text = README.read_text()
-    start = text.index("## Measured\n")
-    following = text.find("\n## ", start + 1)
-    end = len(text) if following < 0 else following + 1
-    README.write_text(text[:start] + section() + ("\n" + text[end:] if following >= 0 else ""))
-    print(f"rewrote the Measured section of {README.relative_to(ROOT)}", file=sys.stderr)
+def rewrite_page() -> None:
+    PAGE.write_text(page())
+    print(f"rewrote {PAGE.relative_to(ROOT)}", file=sys.stderr)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--readme-only", action="store_true", help="only rebuild the README from results/")
+    parser.add_argument("--page-only", action="store_true", help="only rebuild docs/benchmarks.md from results/")
     parser.add_argument("--only", action="append", metavar="NAME", help="run only this benchmark (repeatable)")
     options = parser.parse_args()
-    if not options.readme_only:
+    if not options.page_only:
         for name, command, writes_own, _ in BENCHMARKS:
             if not options.only or name in options.only:
                 run(name, command, writes_own)
-    rewrite_readme()
+    rewrite_page()
 
 
 if __name__ == "__main__":

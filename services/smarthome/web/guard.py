@@ -1,6 +1,6 @@
 """The dashboard answers only its own page: who may reach the forwarder, and how much each client may do.
 
-Threats it stands against (README, "Dashboard security"): any process on the machine (it can reach 127.0.0.1
+Threats it stands against (docs/security.md, "Dashboard security"): any process on the machine (it can reach 127.0.0.1
 as well as the browser can), any web page the user visits (its script can open a WebSocket to 127.0.0.1 and
 would read the home and switch the light), DNS rebinding (a hostile name that resolves to 127.0.0.1, so the
 browser deems it same-origin), other machines when bound beyond loopback, and a client that floods, hoards
