@@ -88,8 +88,8 @@ class HeldLines:
     """Log calls held until `flush()`, then logged in order, each with its own time. The poller loop flushes
     when it is idle, so the lines about a message are made and written after the messages it caused have gone
     on: making a record, formatting, writing (and, under Docker, the log driver it wakes) are never on a
-    message's path. A held call costs a tuple: right after a wakeup, when all code runs cold, a held call
-    took ~34 us and a line made and written ~185 (tests/bench/hop_cost.py). Errors, and calls with exception
+    message's path. A held call costs a tuple, a fraction of a line made and written, most of all right after a
+    wakeup, when all code runs cold (tests/bench/hop_cost.py measures both). Errors, and calls with exception
     info, are logged at once, after what was held."""
 
     CAPACITY = 1000  # calls held at most; at this many, they are logged at once

@@ -67,8 +67,8 @@ class Loop:
         the name of the key that peer authenticated with (CurveZMQ).
 
         A wakeup reads until the socket is empty, but at most DRAIN_LIMIT messages, so one busy socket
-        cannot starve the others or the timers. Right after a wakeup all code runs cold (tests/bench/hop_cost.py:
-        a raised zmq.Again ~112 us, a ZMQ_EVENTS read ~65), so a wakeup's first message is followed by a
+        cannot starve the others or the timers. Right after a wakeup all code runs cold, and a raised zmq.Again
+        costs more than a ZMQ_EVENTS read (tests/bench/hop_cost.py), so a wakeup's first message is followed by a
         ZMQ_EVENTS read; a burst ends with zmq.Again (one per burst, cheaper than a read per message).
         """
         label = self.me.label

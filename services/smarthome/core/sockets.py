@@ -64,7 +64,7 @@ class ConnectionLog:
         self.retrying: set[str] = set()  # endpoints already reported as unreachable, so retries are logged once
 
     def record(self, frames: list[bytes]) -> None:
-        # Decoded here: zmq.utils.monitor would pull in asyncio, +7 MiB RSS per service.
+        # Decoded here: zmq.utils.monitor would pull in asyncio, and its memory, into every service.
         head, address = frames
         event, _ = struct.unpack("=HI", head)
         endpoint = address.decode()
