@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fnmatch
 import os
 import re
 import shutil
@@ -62,6 +63,16 @@ def workspace() -> None:
         else:
             shutil.copy2(source, WORKSPACE / name)
     (WORKSPACE / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + settings())
+    mutants = WORKSPACE / "mutants" / "src"
+    if mutants.is_dir():  # mutmut copies the package once and then only what it mutates: the rest must follow
+
+        def mutated(directory: str, names: list[str]) -> list[str]:
+            under = Path(directory).relative_to(ROOT / "services")
+            return [
+                n for n in names if n == "__pycache__" or any(fnmatch.fnmatch(f"src/{under}/{n}", m) for m in MUTATE)
+            ]
+
+        shutil.copytree(ROOT / "services" / "smarthome", mutants / "smarthome", dirs_exist_ok=True, ignore=mutated)
 
 
 def main() -> None:
