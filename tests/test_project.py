@@ -79,6 +79,8 @@ def test_every_readme_command_names_a_file_or_subcommand_that_exists() -> None:
             assert subcommand(args) in subcommands, command
         elif program in ("bash", "python3") and args and not args[0].startswith("-"):
             assert (ROOT / args[0]).exists(), command
+        elif program.startswith(".venv/bin/"):  # made by the README's own `python3 -m venv .venv`
+            assert program.removeprefix(".venv/bin/") in ("pip", "python"), command
         elif program not in EXTERNAL:
             assert (ROOT / program).exists() or program == "python3", command
 
