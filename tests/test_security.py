@@ -136,4 +136,5 @@ def test_keys_made_for_compose_are_the_services_user_s_and_the_tools_key_the_hos
     assert stat.S_IMODE(token.stat().st_mode) == 0o640 and len(ring.token("web")) == 43
     nested = KeyRing(tmp_path / "a" / "b")
     assert nested.ensure(["toaster"]) == ["toaster"]  # parents made too
+    assert KeyRing(tmp_path / "c" / "d").ensure_token("web")  # a token first, its parents too
     assert nested.pair("toaster")[0] == nested.public("toaster")
