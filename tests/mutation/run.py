@@ -3,7 +3,8 @@
     .venv/bin/python tests/mutation/run.py [--max-children N]      (pip install -e '.[mutation]' first)
 
 mutmut wants the code in src/ beside tests/, so the run happens in a copy of the project laid out so, in
-.mutation/ (ignored by git; mutmut resumes there where it stopped, and re-tests what changed). The services the
+.mutation/ (ignored by git; mutmut resumes there where it stopped, re-tests what changed, and each start
+measures again which test reaches which function and tries the survivors again). The services the
 tests start as processes of their own run the mutants too, and what they reach is credited to the test that
 started them (sitecustomize.py, hits.py). Prints the score and every survivor; writes
 tests/mutation/results.md. Slow (hours on two cores): not part of .ci/run.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import fnmatch
+import json
 import os
 import re
 import shutil
@@ -75,6 +77,20 @@ def workspace() -> None:
         shutil.copytree(ROOT / "services" / "smarthome", mutants / "smarthome", dirs_exist_ok=True, ignore=mutated)
 
 
+def measure_anew() -> None:
+    """mutmut measures which test reaches which function once, and on a later run only for new tests: a test
+    that has since come to reach a new function would never be run against its mutants. So each start measures
+    it all again, and the survivors are tried again with what it finds; a killed mutant stays killed."""
+    mutants = WORKSPACE / "mutants"
+    (mutants / "mutmut-stats.json").unlink(missing_ok=True)
+    for meta in mutants.rglob("*.meta"):
+        data = json.loads(meta.read_text())
+        codes = data.get("exit_code_by_key", {})
+        if 0 in codes.values():
+            data["exit_code_by_key"] = {name: None if code == 0 else code for name, code in codes.items()}
+            meta.write_text(json.dumps(data, indent=4))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
@@ -82,6 +98,7 @@ def main() -> None:
     options = parser.parse_args()
     MUTATE[:] = options.only
     workspace()
+    measure_anew()
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     env["MUTMUT_HITS_DIR"] = str(WORKSPACE / "mutants" / "hits")
