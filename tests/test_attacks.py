@@ -38,7 +38,9 @@ from support import (
 
 Start = Callable[..., ServiceProcess]
 FUZZ_MESSAGES = 10_000  # per bound endpoint
-RSS_BOUND_MIB = 120  # every service stays below this through every flood (an idle one: ~25 MiB)
+# Every service stays below this through every flood. Not far below: libzmq keeps each distinct subscription
+# a peer sends, up to 1 KiB, before we see it (a bound of its own is still to come), and the fuzz sends thousands.
+RSS_BOUND_MIB = 160
 TOPICS = [b"light", b"light-set", b"coffee", b"toast", b"mirror", b"heartbeat"]
 
 
@@ -165,6 +167,7 @@ def test_fuzz_every_bound_endpoint_then_the_routine_still_works(
         assert service.proc.poll() is None, f"{service.name} died\n{service.output()}"
         assert rss_mib(service) < RSS_BOUND_MIB, f"{service.name} grew to {rss_mib(service):.0f} MiB"
     assert sum(s.count("dropped a malformed message") for s in services.values()), "the fuzz reached nobody"
+    assert not any(s.count("could not handle") for s in services.values()), "a handler raised: input not judged"
 
 
 def test_unsubscribe_poisoning_takes_nothing_from_real_subscribers(

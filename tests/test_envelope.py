@@ -85,6 +85,10 @@ REJECTED = {
         [b"light", b'{"sender":"","life":1,"seq":1,"ts":0,"body":{}}'],
         "topic 'light': expected 'str' of length >= 1 at 'sender'",
     ),
+    "a sender not UTF-8": (
+        [b"light", b'{"sender":"\xff\xfe","life":1,"seq":1,"ts":0,"body":{}}'],
+        "topic 'light': not valid JSON (a string that is not UTF-8)",
+    ),
     "body not an object": (
         [b"light", b'{"sender":"s@h","life":1,"seq":1,"ts":0,"body":"ON"}'],
         "topic 'light': expected 'object', got 'str' at 'body'",
@@ -105,6 +109,7 @@ HEAD_REFUSED = {  # what the broker reads of a message, its body skipped [M8]
         [b"light", b'{"sender":"switch","life":1,"seq":1}'],
         "topic 'light': sender 'switch' is not service@instance",
     ),
+    "a sender not UTF-8": ([b"light", b'{"sender":"\xff\xfe","life":1,"seq":1}'], "topic 'light': not valid JSON"),
     "a long sender, cut": (
         [b"light", b'{"sender":"' + b"s" * 81 + b'@","life":1,"seq":1}'],
         f"topic 'light': sender '{'s' * 80}' is not service@instance",

@@ -95,7 +95,7 @@ def decode_head(frames: list[bytes]) -> tuple[str, str, Head]:
     except msgspec.ValidationError as exc:
         problem, key = explain(exc)
         raise EnvelopeError(f"topic '{topic}': {problem}" + (f" at '{key}'" if key else "")) from None
-    except (msgspec.DecodeError, RecursionError):  # deep JSON: RecursionError
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):  # deep JSON; a string that is not UTF-8
         raise EnvelopeError(f"topic '{topic}': not valid JSON") from None
     if not _is_sender(head.sender):
         raise EnvelopeError(f"topic '{topic}': sender {head.sender[:80]!r} is not service@instance")
@@ -146,6 +146,8 @@ def decode(frames: list[bytes], body_type: type[msgspec.Struct] | None = None) -
         raise EnvelopeError(f"topic '{topic}': not valid JSON ({exc})") from None
     except RecursionError:
         raise EnvelopeError(f"topic '{topic}': JSON nested too deeply") from None
+    except UnicodeDecodeError:  # msgspec reads a string's bytes as UTF-8 only when it makes the string
+        raise EnvelopeError(f"topic '{topic}': not valid JSON (a string that is not UTF-8)") from None
     if not _is_sender(j.sender):
         raise EnvelopeError(f"topic '{topic}': sender {j.sender[:80]!r} is not service@instance")
     # Every JSON object or array has its own bracket (strings can only add more): with two, the envelope's and
