@@ -98,9 +98,11 @@ async def test_a_restarted_light_switch_starts_from_its_own_last_state_never_fro
     tmp_path: Path, run_service: Start
 ) -> None:
     # A restarted switch waits one heartbeat interval for its kept state [P4]: 0.5 s, enough on a busy machine.
-    config = loopback_config(tmp_path, BROKER_CONFIG, heartbeat_interval=0.5, offline_after=3)
+    # The kitchen light takes no commands here: its kept state stays ON whatever the bathroom's, and is not its.
+    changes = {"services.kitchen-light.commands": None}
+    config = loopback_config(tmp_path, BROKER_CONFIG, heartbeat_interval=0.5, offline_after=3, **changes)
     broker, web = run_service("broker", config), run_service("web", config)
-    kitchen = run_service("kitchen-light", config)  # its state is kept too, and is not the bathroom's
+    kitchen = run_service("kitchen-light", config)
     kitchen.says("KITCHEN LIGHT published 'light is ON' (seq 1)")
     switch = run_service("light-switch", config, env={"SMARTHOME_INSTANCE": "bath"})
     port = yaml.safe_load(config.read_text())["services"]["web"]["port"]
@@ -110,7 +112,7 @@ async def test_a_restarted_light_switch_starts_from_its_own_last_state_never_fro
         switch.proc.wait()
         return run_service("light-switch", config, env={"SMARTHOME_INSTANCE": "bath"})
 
-    listening = ["kitchen"]  # switches subscribed to commands at the broker, each once it has its state
+    listening: list[str] = []  # switches subscribed to commands at the broker, each once it has its state
 
     async def command(ws: aiohttp.ClientWebSocketResponse, switch: ServiceProcess, state: str) -> None:
         """From the dashboard, once `switch` (a new one each time) listens too."""
