@@ -25,6 +25,7 @@ from smarthome.core.config import BrokerConfig, Config, ConfigError, Publish, We
 from smarthome.core.identity import TOOLS, Identity
 
 KEYS_ENV = "SMARTHOME_KEYS"
+TOKEN_FILE_ENV = "SMARTHOME_TOKEN_FILE"  # a file with the dashboard's token, apart from the keys (a swarm secret)
 TOKEN_BYTES = 32  # a dashboard token's randomness: 43 URL-safe characters
 SECRET_KEY_ENV = "SMARTHOME_SECRET_KEY"  # a file with this service's own pair (a swarm secret); then the
 # folder holds the public keys only
@@ -102,6 +103,14 @@ class KeyRing:
 
 def key_names(config: Config) -> list[str]:
     return [*config.services, TOOLS]
+
+
+def token_file(config: Config, name: str) -> Path:
+    """Where web service `name`'s dashboard token is: its `access_token_file`, else $SMARTHOME_TOKEN_FILE (a swarm
+    secret), else NAME.token beside the keys."""
+    spec = config.services[name]
+    chosen = (spec.access_token_file if isinstance(spec, WebConfig) else None) or os.environ.get(TOKEN_FILE_ENV)
+    return Path(chosen) if chosen else KeyRing(keys_dir(config)).token_path(name)
 
 
 def token_names(config: Config) -> list[str]:

@@ -28,13 +28,12 @@ from smarthome.core.config import (
     LightSwitchConfig,
     Publish,
     Subscribe,
-    WebConfig,
     host_port,
     load_config,
 )
 from smarthome.core.envelope import HEARTBEAT_TOPIC, LightState, Message
 from smarthome.core.identity import Identity
-from smarthome.core.keys import KeyRing, keys_dir
+from smarthome.core.keys import token_file, token_names
 from smarthome.core.runtime import Loop
 from smarthome.core.schema import explain
 
@@ -234,18 +233,16 @@ def light(config: Config, state: str, timeout: float) -> int:
 
 def dashboard(config: Config) -> int:
     """Print the dashboard's address with its access token: opened once, the page keeps the token as a cookie."""
-    webs = [name for name, service in config.services.items() if isinstance(service, WebConfig)]
+    webs = token_names(config)
     if not webs:
         raise UsageError(f"{config.path} has no web service")
     for name in webs:
-        spec = config.services[name]
-        ring = KeyRing(keys_dir(config))
-        token_file = Path(spec.access_token_file) if spec.access_token_file else ring.token_path(name)
+        path = token_file(config, name)
         try:
-            token = token_file.read_text(encoding="ascii").strip()
+            token = path.read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"no dashboard token in {token_file} ({exc}): has the stack started once?") from None
-        print(f"http://127.0.0.1:{host_port(str(spec.port))}/?token={token}")
+            raise UsageError(f"no dashboard token in {path} ({exc}): has the stack started once?") from None
+        print(f"http://127.0.0.1:{host_port(str(config.services[name].port))}/?token={token}")
     return 0
 
 

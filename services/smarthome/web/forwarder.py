@@ -70,7 +70,7 @@ class Forwarder:
     def __init__(self, me: Identity, spec: WebConfig) -> None:
         self.me = me
         self.spec = spec
-        self.guard = Guard(spec, access_token(me.config, me.name, spec))
+        self.guard = Guard(spec, access_token(me.config, me.name))
         self.browsers: set[Browser] = set()
         self.latest: dict[tuple[str, str], str] = {}  # (topic, sender) -> newest state: a new page starts complete
         self.online: dict[str, bool] = {}  # sender -> shown online; gone senders stay a while, shown offline [V3]

@@ -30,21 +30,19 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import NoReturn
 
 from aiohttp import WSMessage, WSMsgType, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from smarthome.core.config import LOOPBACK_ENV, Config, ConfigError, WebConfig
-from smarthome.core.keys import KeyRing, keys_dir
+from smarthome.core.keys import KeyRing, keys_dir, token_file
 
 log = logging.getLogger(__name__)
 
 WS_PATH = "/ws"
 TOKEN_REQUIRED = 4401  # a private close code (4000-4999): the page asks for the access token
 TOKEN_COOKIE = "smarthome-token"
-TOKEN_FILE_ENV = "SMARTHOME_TOKEN_FILE"  # a file with the token, apart from the keys' folder (a swarm secret)
 MIN_TOKEN_CHARS = 16
 GUESSES_BURST = 5  # wrong tokens from one address before they are slowed...
 GUESSES_PER_SECOND = 1.0  # ...to this many
@@ -144,15 +142,15 @@ class RequestErrors(logging.LoggerAdapter):
             self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)  # type: ignore[arg-type]
 
 
-def access_token(config: Config, name: str, spec: WebConfig) -> bytes:
-    """The dashboard's token: from `access_token_file`, else $SMARTHOME_TOKEN_FILE (a swarm secret), else
-    NAME.token beside the keys, made on first start like the keys (in compose the `keys` service has made it)."""
+def access_token(config: Config, name: str) -> bytes:
+    """The dashboard's token (keys.token_file), made on first start if it is the one beside the keys, like the
+    keys (in compose the `keys` service has made it)."""
     ring = KeyRing(keys_dir(config))
-    path = spec.access_token_file or os.environ.get(TOKEN_FILE_ENV) or str(ring.token_path(name))
+    path = token_file(config, name)
     try:
-        if path == str(ring.token_path(name)) and not ring.token_path(name).exists():
+        if path == ring.token_path(name) and not path.exists():
             ring.ensure_token(name)
-        token = Path(path).read_text(encoding="utf-8").strip().encode()
+        token = path.read_text(encoding="utf-8").strip().encode()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, "", f"cannot read the access token: {exc}") from None
     if len(token) < MIN_TOKEN_CHARS:
