@@ -8,6 +8,8 @@ SIGINT wake the poller at once through a wakeup socket, so a stop takes millisec
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import heapq
 import itertools
 import logging
@@ -57,8 +59,14 @@ class Loop:
         self._timers: list[tuple[float, int, Timer]] = []
         self._timer_ids = itertools.count()
         self._stopping = False
+        # Woken by a signal (set_wakeup_fd) or by another thread's call_soon_threadsafe: the poll returns at once.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
+        self._soon: collections.deque[Callable[[], None]] = collections.deque()
+        self.poller.register(self._wake_r.fileno(), zmq.POLLIN)  # a plain socket: the poller hands back its fd
+        self._readers[self._wake_r.fileno()] = self._woken
         self.every(HEALTH_TOUCH_EVERY, me.health.touch)
-        self.sockets = Sockets(self.context, me, self.on_message)
+        self.sockets = Sockets(self.context, me, self.on_message, self.call_later, self.call_soon_threadsafe)
 
     # --- sockets -----------------------------------------------------------------------------------
 
@@ -155,6 +163,17 @@ class Loop:
 
     # --- timers ------------------------------------------------------------------------------------
 
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Run `callback` on the loop, soon: the one thing another thread may ask of it (a Dialer's lookups)."""
+        self._soon.append(callback)  # before the wakeup byte: the loop that reads it finds the callback
+        with contextlib.suppress(BlockingIOError):  # full: the loop has bytes to read, it wakes anyway
+            self._wake_w.send(b"\0")
+
+    def _woken(self) -> None:
+        self._wake_r.recv(4096)
+        while self._soon:
+            self._soon.popleft()()
+
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         timer = Timer(callback)
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_ids), timer))
@@ -192,13 +211,9 @@ class Loop:
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT (or `stop()`), then close every socket (linger 0) and return exit code 0."""
-        wake_r, wake_w = socket.socketpair()
-        wake_w.setblocking(False)
-        signal.set_wakeup_fd(wake_w.fileno())  # a signal makes the poller return at once
+        signal.set_wakeup_fd(self._wake_w.fileno())  # a signal makes the poller return at once
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.stop)
-        self.poller.register(wake_r, zmq.POLLIN)
-        self._readers[wake_r] = lambda: wake_r.recv(64)
         self.me.health.touch()
         log.info("%s started", self.me.label)
         try:
@@ -216,8 +231,8 @@ class Loop:
         finally:
             self.me.health.remove()
             self.context.destroy()  # closes each socket with its own linger: 0 unless a socket asked for more
-            wake_r.close()
-            wake_w.close()
+            self._wake_r.close()
+            self._wake_w.close()  # a lookup that answers now finds it closed (OSError), and nobody waiting
         log.info("%s stopped", self.me.label)
         return 0
 

@@ -2,15 +2,14 @@
 
 The socket policy lives here and nowhere else: linger 0 (a stop never waits on the network), a cap on
 message size, ZMTP heartbeats and TCP keepalive (a peer that vanished without a FIN is dropped within
-seconds, and ZeroMQ reconnects as soon as it is back), and a log line for every connection a connecting
-socket makes or loses.
+seconds, and ZeroMQ reconnects as soon as it is back), a connecting socket's peer looked up outside libzmq
+(core/dialer.py), and a log line for every connection it makes or loses.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import struct
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ import zmq
 from zmq.auth.base import Authenticator
 
 from smarthome.core.config import Publish, Subscribe
+from smarthome.core.dialer import EVENTS, Dialer, Later, Soon
 from smarthome.core.identity import Identity
 from smarthome.core.keys import ZAP_DOMAIN, Keys, Policy, answer_zap, authenticator
 from smarthome.core.logs import LimitedLines
@@ -34,6 +34,9 @@ subscriptions = LimitedLines(log, logging.INFO, per_second=SUBSCRIPTION_LINES_PE
 SUBSCRIPTION_MAX_BYTES = 1024  # above libzmq's 0-275 range that breaks the handshake (libzmq #4436)
 TCP_KEEPALIVE_IDLE = 10  # seconds of silence before the kernel probes a connection
 TCP_KEEPALIVE_INTVL = 2  # seconds between probes
+# A connect whose SYN a cut link swallowed is given up after this long and tried anew (every reconnect_ivl,
+# 0.1 s), so a link that is back is used within about a second, not at TCP's next SYN (its backoff doubles).
+CONNECT_TIMEOUT = 1.0
 
 
 def guarded(label: str, handler: Handler) -> Handler:
@@ -54,41 +57,26 @@ def dropped(label: str, error: Exception) -> None:
     warnings.log("%s dropped a message it could not handle: %s: %s", label, type(error).__name__, error)
 
 
-class ConnectionLog:
-    """Logs a connecting socket's monitor events: connected, lost, and the first failed retry of each endpoint."""
-
-    EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.retrying: set[str] = set()  # endpoints already reported as unreachable, so retries are logged once
-
-    def record(self, frames: list[bytes]) -> None:
-        # Decoded here: zmq.utils.monitor would pull in asyncio, and its memory, into every service.
-        head, address = frames
-        event, _ = struct.unpack("=HI", head)
-        endpoint = address.decode()
-        if event == zmq.EVENT_CONNECTED:
-            self.retrying.discard(endpoint)
-            log.info("%s connected to %s", self.label, endpoint)
-        elif event == zmq.EVENT_DISCONNECTED:
-            log.info("%s lost %s, reconnecting", self.label, endpoint)
-        elif endpoint not in self.retrying:
-            self.retrying.add(endpoint)
-            log.info("%s cannot reach %s yet, retrying", self.label, endpoint)
-
-
 class Sockets:
     """Makes, configures and attaches sockets on `context`; `watch` is how the owning loop reads a socket."""
 
     def __init__(
-        self, context: zmq.Context, me: Identity, watch: Watch, zap: type[Authenticator] = Authenticator
+        self,
+        context: zmq.Context,
+        me: Identity,
+        watch: Watch,
+        later: Later,
+        soon: Soon,
+        zap: type[Authenticator] = Authenticator,
     ) -> None:
-        """`zap`: the ZAP handler for this loop. The base Authenticator has no loop of its own: `watch` drives it;
+        """`later`, `soon`: the loop's call_later and call_soon_threadsafe, for the Dialers of connecting sockets.
+        `zap`: the ZAP handler for this loop. The base Authenticator has no loop of its own: `watch` drives it;
         an AsyncioAuthenticator runs on the asyncio loop by itself."""
         self.context = context
         self.me = me
         self.watch = watch
+        self.later = later
+        self.soon = soon
         self.keys = Keys(me) if me.config.curve else None  # None: no CurveZMQ (config `curve: false`)
         self.policy = Policy(me.config) if self.keys else None  # who may publish what, checked on arrival
         if self.keys:  # before any server socket binds: its first clients must meet a ZAP handler
@@ -101,7 +89,7 @@ class Sockets:
         kind: int,
         *,
         bind: str | None = None,
-        connect: Iterable[str] = (),
+        connect: str | None = None,
         topics: Iterable[str] = (),
         **options: Any,
     ) -> zmq.Socket:
@@ -133,15 +121,12 @@ class Sockets:
         if bind:
             sock.bind(bind)
             log.info("%s listening on %s", self.me.label, bind)
-        endpoints = list(connect)
-        if endpoints:
-            monitor = sock.get_monitor_socket(ConnectionLog.EVENTS)  # before connecting, so no event is missed
-            self.watch(monitor, ConnectionLog(self.me.label).record)
-        for endpoint in endpoints:
-            if self.keys:
-                sock.curve_serverkey = self.keys.server_key(endpoint)  # taken per connect: each has its own
-            # Never fails on an unknown host: names resolve (and re-resolve on every reconnect) in the background.
-            sock.connect(endpoint)
+        if connect:  # by a Dialer: libzmq is given the address, so no name lookup can stall its I/O thread
+            sock.connect_timeout = int(CONNECT_TIMEOUT * 1000)
+            server_key = self.keys.server_key(connect) if self.keys else None
+            dialer = Dialer(sock, connect, self.me.label, self.later, self.soon, server_key)
+            self.watch(sock.get_monitor_socket(EVENTS), dialer.record)  # before connecting: no event is missed
+            dialer.start()
         return sock
 
     def publisher(self, spec: Publish) -> zmq.Socket:
@@ -150,7 +135,7 @@ class Sockets:
         XPUB_VERBOSE, not VERBOSER: an unsubscribe is handed up only when no peer holds that subscription any
         more (libzmq tracks them per peer), so a peer cannot take back what others gave.
         """
-        return self.make(zmq.XPUB, bind=spec.bind, connect=[spec.connect] if spec.connect else (), xpub_verbose=True)
+        return self.make(zmq.XPUB, bind=spec.bind, connect=spec.connect, xpub_verbose=True)
 
     def subscribe(
         self, spec: Subscribe, subscriber: Subscriber, deliver: Callable[[list[bytes], str | None], None]
@@ -170,7 +155,7 @@ class Sockets:
                 self.watch(sock, _from(None, deliver))
             return
         for endpoint in spec.connect:
-            sock = self.make(zmq.SUB, connect=[endpoint], topics=topics)
+            sock = self.make(zmq.SUB, connect=endpoint, topics=topics)
             subscriber.socks.append(sock)
             self.watch(sock, _from(self.me.config.binder_of(endpoint), deliver))
 

@@ -89,7 +89,10 @@ class Forwarder:
     def start(self) -> None:
         """Open the zmq sockets on this event loop and start the background tasks."""
         self.context = zmq.asyncio.Context()
-        self.sockets = sockets = Sockets(self.context, self.me, self.watch, zap=AsyncioAuthenticator)
+        loop = asyncio.get_running_loop()
+        self.sockets = sockets = Sockets(
+            self.context, self.me, self.watch, loop.call_later, loop.call_soon_threadsafe, zap=AsyncioAuthenticator
+        )
         self.subscriber.policy = sockets.policy
         sockets.subscribe(self.spec.subscribe, self.subscriber, self.on_frames)
         # Its subscription events tell whether a light switch listens right now.
