@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import random
 import re
@@ -270,10 +271,13 @@ class LogReader:
 class ServiceProcess(LogReader):
     """One service run as `python -m smarthome run NAME` on loopback, its output collected line by line."""
 
-    def __init__(self, name: str, config: Path, *command: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, config: Path, *command: str, env: dict[str, str] | None = None, wrapper: list[str] = ()
+    ) -> None:
+        """`wrapper`: a command that runs the service's command line (given as its last arguments)."""
         self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smarthome", *(command or ("run", name))],
+            [*wrapper, sys.executable, "-m", "smarthome", *(command or ("run", name))],
             env={**smarthome_env(config), **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -429,3 +433,77 @@ def partitioned(stack: Stack, container: Any) -> Iterator[None]:
         yield
     finally:
         network.connect(container, aliases=[container.labels["com.docker.compose.service"]])
+
+
+# --- faults made in a container's network namespace, from the host: the container keeps cap_drop: ALL ---
+
+RESOLVER = "127.0.0.11"  # Docker's resolver, in each container's own namespace
+# Queries dropped where they arrive, silently (dropped on the way out, the sender would be told at once): a
+# lookup waits as it does on a resolver that is cut off, 5 s x 2 attempts (Docker has already moved port 53).
+DNS_OUTAGE = [f"PREROUTING -i lo -d {RESOLVER} -p {protocol} -j DROP" for protocol in ("udp", "tcp")]
+CUT_FROM = ["OUTPUT ! -o lo -j DROP"]  # nothing the service sends leaves; what is sent to it arrives
+CUT_TO = ["PREROUTING ! -i lo -j DROP"]  # nothing sent to the service arrives; what it sends leaves
+
+
+NETEM = ROOT / "tests" / "netem.py"
+NETEM_QUEUE = 7  # the NFQUEUE number tests/netem.py reads, in the container's own namespace
+
+
+def in_namespace(container: Any, *command: str) -> None:
+    """Run `command` on the host inside `container`'s network namespace."""
+    container.reload()
+    pid = str(container.attrs["State"]["Pid"])
+    subprocess.run(["nsenter", "--target", pid, "--net", *command], check=True, capture_output=True, timeout=30)
+
+
+def lossy(percent: float) -> list[str]:
+    """Rules that drop `percent` % of the packets each way, at random (not the container's own loopback)."""
+    probability = f"{percent / 100:.4f}"
+    return [
+        f"{chain} ! {side} lo -m statistic --mode random --probability {probability} -j DROP"
+        for chain, side in (("PREROUTING", "-i"), ("OUTPUT", "-o"))
+    ]
+
+
+@contextlib.contextmanager
+def firewalled(container: Any, rules: list[str], table: str = "raw") -> Iterator[None]:
+    """iptables `rules` in `container`'s network namespace, for as long as the block runs (the raw table by
+    default: it comes before Docker's own address translation of its resolver)."""
+    for rule in rules:
+        in_namespace(container, "iptables", "-t", table, "-I", *rule.split())
+    try:
+        yield
+    finally:
+        for rule in rules:
+            in_namespace(container, "iptables", "-t", table, "-D", *rule.split())
+
+
+@contextlib.contextmanager
+def delayed(container: Any, delay: float, jitter: float = 0.0, reorder: float = 0.0) -> Iterator[None]:
+    """What `container` sends held `delay` ± `jitter` seconds (`reorder`: that share sent at once, ahead), as
+    netem on its interface would: tests/netem.py, in its network namespace, on the packets an NFQUEUE rule
+    hands it (this kernel has no netem)."""
+    container.reload()
+    pid = str(container.attrs["State"]["Pid"])
+    shape = ["--delay", str(delay), "--jitter", str(jitter), "--reorder", str(reorder)]
+    holder = subprocess.Popen(
+        ["nsenter", "--target", pid, "--net", sys.executable, str(NETEM), "--queue", str(NETEM_QUEUE), *shape],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout and holder.stdout.readline().strip() == "holding", "tests/netem.py did not start"
+        with firewalled(container, [f"POSTROUTING ! -o lo -j NFQUEUE --queue-num {NETEM_QUEUE}"], "mangle"):
+            yield
+    finally:
+        holder.terminate()  # lets every packet it holds go
+        holder.wait(30)
+
+
+def stamp(line: str) -> float | None:
+    """The UTC time a service logged `line` at (`2026-03-01T07:00:00.123Z LEVEL message`), or None."""
+    try:
+        when = datetime.datetime.strptime(line.split(" ", 1)[0], "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError:
+        return None
+    return when.replace(tzinfo=datetime.UTC).timestamp()

@@ -9,9 +9,17 @@ light state as `light-set` commands at LOAD_RATE msg/s to the light switches (di
 commands port; broker: the broker's XSUB). Each fault flips the wanted state (during a crash, pause or
 partition; right after a compose command), so the faulted service has a change to catch up on.
 
+Network faults are made from the host in the toaster's network namespace (support.firewalled: iptables;
+support.delayed: tests/netem.py on an NFQUEUE, as this kernel has no netem), the container keeping cap_drop ALL:
+10 % loss each way, 200 ± 50 ms on what it sends (and with a quarter of its packets sent at once: reordered),
+a cut of one direction for FAULT_SECONDS, a link flapping, and a DNS outage (its lookups hang) while it is
+partitioned. Each runs RUNS times, as does the long partition of the toaster and of the one the others
+connect to (the broker, or the light switch); the row gives the median and the worst.
+
 Per fault x service x wiring:
-- true again after: from the fault's end until the smart mirror's summary line equals the truth (every
-  appliance instance that exists, in the state the wanted light implies), by the line's own timestamp;
+- true again after: from the fault's end (for loss, delay and reordering, which last: from the light's
+  change under them) until the smart mirror's summary line equals the truth (every appliance instance that
+  exists, in the state the wanted light implies), by the line's own timestamp;
 - missed: messages the services counted as missed (their `missed N messages from` lines) from the fault's
   start until WINDOW after recovery;
 - silent: the load's commands sent meanwhile that a light switch neither received nor counted as missed
@@ -33,6 +41,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,12 +65,19 @@ from smarthome.core.identity import TOOLS, Identity  # noqa: E402
 from smarthome.core.messaging import Outbox, send_frames  # noqa: E402
 from smarthome.tools.cli import publish_endpoint  # noqa: E402
 from support import (  # noqa: E402
+    CUT_FROM,
+    CUT_TO,
+    DNS_OUTAGE,
     WIRINGS,
     Stack,
+    delayed,
+    firewalled,
     kill_service,
+    lossy,
     partitioned,
     paused,
     poll,
+    stamp,
     with_key,
 )
 
@@ -70,6 +86,9 @@ FAULT_SECONDS = 5.0  # how long a pause or a partition lasts: longer than offlin
 LONG_PARTITION = 20.0  # one longer partition: TCP's retransmission backoff would show here, heartbeats do not
 WINDOW = 2.0  # seconds watched after recovery: a gap shows at the sender's next message or heartbeat (1 s)
 HEAL = 30.0  # seconds after which a fault counts as never healed
+FLAP_SECONDS, FLAP_DOWN, FLAP_UP = 30.0, 1.0, 1.0  # a link that flaps: down 1 s, up 1 s, for 30 s
+CUT_OFF = ["PREROUTING ! -i lo -j DROP", "OUTPUT ! -o lo -j DROP"]  # both ways: a flap's down second
+RUNS = 5  # each network fault is run this often: its row gives the median and the worst
 COMMANDS = "light-set"
 APPLIANCES = {"coffee": "coffee-maker", "toast": "toaster"}  # the mirror's topics and who publishes them
 CONFIGS = {"direct": "smarthome.yml", "broker": "smarthome.broker.yml"}
@@ -80,15 +99,6 @@ MISSED = re.compile(r"missed (\d+) messages from")
 
 def hold(seconds: float) -> None:
     time.sleep(seconds)  # ok: how long a fault lasts, or a window watched on purpose
-
-
-def stamp(line: str) -> float | None:
-    """The UTC time a service logged `line` at (`2026-03-01T07:00:00.123Z LEVEL message`), or None."""
-    try:
-        when = datetime.datetime.strptime(line.split(" ", 1)[0], "%Y-%m-%dT%H:%M:%S.%fZ")
-    except ValueError:
-        return None
-    return when.replace(tzinfo=datetime.UTC).timestamp()
 
 
 class Load:
@@ -160,8 +170,9 @@ class Row:
     wiring: str
     fault: str
     service: str
-    recovered: float | None = None  # seconds from the fault's end; None: never within HEAL
-    missed: dict[str, int] = field(default_factory=dict)  # service -> messages it counted as missed
+    recovered: list[float | None] = field(default_factory=list)  # per run, seconds from the fault's end (or
+    # from the light's change, for a fault that lasts: see CHANGE_UNDER); None: never within HEAL
+    missed: dict[str, int] = field(default_factory=dict)  # service -> messages it counted as missed, all runs
     silent: int | None = None  # the load's messages lost and not counted; None: no switch to tell
     restarts: int = 0
     ghosts_left: int = 0
@@ -284,6 +295,52 @@ def long_partition(run: Run, service: str) -> float:
     return partition(run, service, LONG_PARTITION)
 
 
+def blocked(rules: list[str]) -> Callable[[Run, str], float]:
+    """A fault made by iptables `rules` in the service's network namespace for FAULT_SECONDS, the light
+    flipping at its start."""
+
+    def fault(run: Run, service: str) -> float:
+        with firewalled(run.container(service), rules):
+            run.load.toggle()
+            hold(FAULT_SECONDS)
+        return time.time()
+
+    return fault
+
+
+def dns_outage(run: Run, service: str) -> float:
+    """The service's name lookups hang (a resolver cut off) while it is partitioned and the light flips."""
+    with firewalled(run.container(service), DNS_OUTAGE):
+        ended = partition(run, service)
+        poll(lambda: run.true_since(run.truth(run.instances())), HEAL)  # the outage lasts until the truth
+    return ended
+
+
+def flapping(run: Run, service: str) -> float:
+    """The service's link down FLAP_DOWN, up FLAP_UP, for FLAP_SECONDS; the light flips at the start."""
+    container, ends = run.container(service), time.monotonic() + FLAP_SECONDS
+    run.load.toggle()
+    while time.monotonic() < ends:
+        with firewalled(container, CUT_OFF):
+            hold(FLAP_DOWN)
+        hold(FLAP_UP)
+    return time.time()
+
+
+def under(condition: Callable[[Any], Any]) -> Callable[[Run, str], float]:
+    """A fault that lasts (loss, delay, reordering): the light flips under it, and the time is counted from
+    that change until the truth, which must come while the condition holds."""
+
+    def fault(run: Run, service: str) -> float:
+        with condition(run.container(service)):
+            changed = time.time()
+            run.load.toggle()
+            poll(lambda: run.true_since(run.truth(run.instances())), HEAL)
+        return changed
+
+    return fault
+
+
 def after(command: Callable[[Run, str], None]) -> Callable[[Run, str], float]:
     """A fault that is a compose command: it ends when the command returns, and the light flips then."""
 
@@ -296,6 +353,14 @@ def after(command: Callable[[Run, str], None]) -> Callable[[Run, str], float]:
     return fault
 
 
+CUT = f"cut from the service {FAULT_SECONDS:g} s"
+CUT_BACK = f"cut to the service {FAULT_SECONDS:g} s"
+LOSS = "loss 10 %"
+DELAY = "delay 200 ± 50 ms"
+REORDER = "reordering 25 %"
+FLAPPING = f"link flapping {FLAP_DOWN:g} s / {FLAP_UP:g} s for {FLAP_SECONDS:g} s"
+DNS = f"DNS outage + partition {FAULT_SECONDS:g} s"
+RESTART_ALL = "compose restart (all)"
 FAULTS: dict[str, Callable[[Run, str], float]] = {
     "crash (SIGKILL)": crash,
     f"pause {FAULT_SECONDS:g} s": pause,
@@ -305,49 +370,79 @@ FAULTS: dict[str, Callable[[Run, str], float]] = {
     "scale 1 → 3": after(lambda run, service: run.stack.scale(service, 3)),
     "scale 3 → 1": after(lambda run, service: run.stack.scale(service, 1)),
     "restart": after(lambda run, service: run.stack.compose("restart", service)),
+    LOSS: under(lambda container: firewalled(container, lossy(10))),
+    DELAY: under(lambda container: delayed(container, 0.2, 0.05)),
+    REORDER: under(lambda container: delayed(container, 0.2, 0.05, reorder=0.25)),
+    CUT: blocked(CUT_FROM),
+    CUT_BACK: blocked(CUT_TO),
+    FLAPPING: flapping,
+    DNS: dns_outage,
+    RESTART_ALL: after(lambda run, service: run.stack.compose("restart")),
 }
+CHANGE_UNDER = {LOSS, DELAY, REORDER}  # timed from the light's change, not from the fault's end
 EVERY_SERVICE = ["crash (SIGKILL)", f"pause {FAULT_SECONDS:g} s", f"partition {FAULT_SECONDS:g} s", "recreate"]
+NETWORK = [LOSS, DELAY, REORDER, CUT, CUT_BACK, FLAPPING, DNS]  # the toaster's link, RUNS times each
 ON_THE_PATH = ["light-switch", "coffee-maker", "toaster", "smart-mirror"]  # from the light to the mirror's line
 
 
-def plan(wiring: str, quick: bool) -> list[tuple[str, str]]:
-    """(fault, service) in the order they run."""
+def plan(wiring: str, quick: bool) -> list[tuple[str, str, int]]:
+    """(fault, service, runs) in the order they run."""
     broker = wiring == "broker"
     services = ["toaster"] if quick else [*ON_THE_PATH, *(["broker"] if broker else [])]
-    steps = [(fault, service) for service in services for fault in EVERY_SERVICE]
-    if not quick:
-        steps.append((f"partition {LONG_PARTITION:g} s", "toaster"))
+    steps = [(fault, service, 1) for service in services for fault in EVERY_SERVICE]
+    if quick:
+        return steps
+    # The long partition, with one light change during it: of an appliance, and of the one every other
+    # service connects to (the broker; in direct wiring, the mirror connects to the toaster).
+    steps += [
+        (f"partition {LONG_PARTITION:g} s", cut, RUNS) for cut in ["toaster", "broker" if broker else "smart-mirror"]
+    ]
+    steps += [(fault, "toaster", RUNS) for fault in NETWORK]
     if broker:
-        steps += [("scale 1 → 3", "toaster"), ("scale 3 → 1", "toaster"), ("restart", "broker")]
+        steps += [("scale 1 → 3", "toaster", 1), ("scale 3 → 1", "toaster", 1), ("restart", "broker", 1)]
+    steps.append((RESTART_ALL, "all", 1))
     return steps
 
 
-def measure(run: Run, fault: str, service: str) -> Row:
+def measure(run: Run, fault: str, service: str, runs: int) -> Row:
     row = Row(run.wiring, fault, service)
+    for _ in range(runs):
+        once(run, row)
+        if row.note:
+            break
+    print(f"  {fault:<36} {service:<13} {describe(row)}", flush=True)
+    return row
+
+
+def once(run: Run, row: Row) -> None:
+    """One run of `row`'s fault: its time, losses, restarts and ghosts added to the row."""
     if not poll(lambda: run.true_since(run.truth(run.instances())), HEAL):
         row.note = "not true before the fault"
         run.save_logs(row)
-        return row
+        return
     restarts, receivers, sent = run.restarts(), run.receivers(), run.load.sent
     started = time.time()
-    ended = FAULTS[fault](run, service)
+    ended = FAULTS[row.fault](run, row.service)
     instances = run.instances()
     truth = run.truth(instances)
-    first = poll(lambda: run.true_since(truth), HEAL)
-    if first:
+    recovered = None
+    if poll(lambda: run.true_since(truth), HEAL):
         hold(WINDOW)
         final = poll(lambda: run.true_since(truth), HEAL)  # later, if it flapped meanwhile
-        row.recovered = max(0.0, final - ended) if final else None
-    if row.recovered is None:
+        recovered = max(0.0, final - ended) if final else None
+    row.recovered.append(recovered)
+    if recovered is None:
         run.save_logs(row)
     until = time.time()
-    row.missed, row.silent = run.losses(started, until, receivers, run.load.sent - sent)
-    row.restarts = sum(count - restarts.get(key, 0) for key, count in run.restarts().items())
+    missed, silent = run.losses(started, until, receivers, run.load.sent - sent)
+    for name, count in missed.items():
+        row.missed[name] = row.missed.get(name, 0) + count
+    if silent is not None:
+        row.silent = (row.silent or 0) + silent
+    row.restarts += sum(count - restarts.get(key, 0) for key, count in run.restarts().items())
     seen = [view for when, view in run.summaries() if when >= ended]
-    row.ghosts_left = ghosts(run.summaries()[-1][1], instances)
-    row.ghosts_seen = max((ghosts(view, instances) for view in seen), default=0)
-    print(f"  {fault:<16} {service:<13} {describe(row)}  ({time.time() - started:.0f} s)", flush=True)
-    return row
+    row.ghosts_left = max(row.ghosts_left, ghosts(run.summaries()[-1][1], instances))
+    row.ghosts_seen = max(row.ghosts_seen, max((ghosts(view, instances) for view in seen), default=0))
 
 
 def missed(row: Row) -> str:
@@ -357,8 +452,15 @@ def missed(row: Row) -> str:
 
 
 def healed(row: Row) -> str:
-    """The time it took, or that it did not heal (and why, where the logs are)."""
-    took = f"{row.recovered:.2f} s" if row.recovered is not None else f"> {HEAL:g} s"
+    """The time it took (one run), or the median and the worst of its runs; or that it did not heal."""
+    times = [t for t in row.recovered if t is not None]
+    if not times or len(times) < len(row.recovered):
+        took = f"> {HEAL:g} s in {len(row.recovered) - len(times)} of {len(row.recovered)}"
+    elif len(times) == 1:
+        took = f"{times[0]:.2f} s"
+    else:
+        took = f"{statistics.median(times):.2f} / {max(times):.2f} s"
+    took += " (from the change)" if row.fault in CHANGE_UNDER else ""
     return f"{took} ({row.note})" if row.note else took
 
 
@@ -391,7 +493,7 @@ def run_wiring(engine: docker.DockerClient, wiring: str, config: Path, quick: bo
         stack.compose("up", "--detach", "--wait", "--wait-timeout", "60")
         with Load(config) as load:
             run = Run(stack, load, wiring)
-            rows = [measure(run, fault, service) for fault, service in plan(wiring, quick)]
+            rows = [measure(run, fault, service, runs) for fault, service, runs in plan(wiring, quick)]
         return rows, load.rate
     finally:
         stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "5")
@@ -399,12 +501,14 @@ def run_wiring(engine: docker.DockerClient, wiring: str, config: Path, quick: bo
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| wiring | fault | service | true again after | missed (counted by) | silent | restarts | ghosts left/seen |",
-        "|---|---|---|---:|---|---:|---:|---:|",
+        "| wiring | fault | service | runs | true again after (median / worst) | missed (counted by) | silent "
+        "| restarts | ghosts left/seen |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
-            f"| {row.wiring} | {row.fault} | {row.service} | {healed(row)} | {missed(row)} | {silent(row)} "
+            f"| {row.wiring} | {row.fault} | {row.service} | {len(row.recovered)} | {healed(row)} | {missed(row)} "
+            f"| {silent(row)} "
             f"| {row.restarts} "
             f"| {row.ghosts_left} / {row.ghosts_seen} |"
         )
