@@ -1,6 +1,6 @@
 """Benchmark: how fast the compose stack heals from each fault, under load, in both wirings.
 
-    flock /tmp/smarthome-docker.lock .venv/bin/python tests/bench/faults.py [--quick]
+    flock /tmp/smarthome-docker.lock .venv/bin/python tests/bench/faults.py [--quick] [--only TEXT] [--runs N]
 
 Builds the image and brings up the compose stack (a project of its own, prep times 0 from a config
 directory of its own, torn down at the end) in the direct wiring, then in the broker wiring. Throughout,
@@ -29,6 +29,8 @@ Per fault x service x wiring:
 - ghosts: instances the mirror shows that do not exist, left at the end / the most at once after the fault.
 
 A report, not a test: nothing is asserted. --quick: the broker wiring, faults of the toaster and the broker.
+--only TEXT (repeatable): the faults whose name contains a TEXT (both wirings); --runs N: each repeated fault
+N times. Either one: nothing is written to the results.
 The full run writes tests/bench/results/faults.md; a service's logs go to tests/out/ when it never healed.
 """
 
@@ -485,7 +487,9 @@ def zero_prep_configs(directory: Path) -> None:
     directory.chmod(0o755)  # the services run as a non-root user
 
 
-def run_wiring(engine: docker.DockerClient, wiring: str, config: Path, quick: bool) -> tuple[list[Row], float]:
+def run_wiring(
+    engine: docker.DockerClient, wiring: str, config: Path, steps: list[tuple[str, str, int]]
+) -> tuple[list[Row], float]:
     """Every fault of the plan on a fresh stack of `wiring`; the rows and the load's real rate."""
     stack = Stack(engine, *WIRINGS[wiring], kind="bench")
     print(f"{wiring} wiring ({stack.project})", flush=True)
@@ -493,7 +497,7 @@ def run_wiring(engine: docker.DockerClient, wiring: str, config: Path, quick: bo
         stack.compose("up", "--detach", "--wait", "--wait-timeout", "60")
         with Load(config) as load:
             run = Run(stack, load, wiring)
-            rows = [measure(run, fault, service, runs) for fault, service, runs in plan(wiring, quick)]
+            rows = [measure(run, fault, service, runs) for fault, service, runs in steps]
         return rows, load.rate
     finally:
         stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "5")
@@ -533,7 +537,10 @@ def setting(engine: docker.DockerClient, rates: list[float], load_average: float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the broker wiring, the toaster's and broker's faults")
-    quick = parser.parse_args().quick
+    parser.add_argument("--only", action="append", default=[], help="only faults whose name contains this (repeatable)")
+    parser.add_argument("--runs", type=int, default=RUNS, help="runs of each repeated fault")
+    args = parser.parse_args()
+    quick, partial = args.quick, args.quick or bool(args.only) or args.runs != RUNS
     began, load_average = time.monotonic(), os.getloadavg()[0]
     engine = docker.from_env()
     Stack(engine).compose("build")
@@ -544,13 +551,18 @@ def main() -> None:
         os.environ["SMARTHOME_CONFIG_DIR"] = directory  # compose mounts it; the tools read it
         os.environ["SMARTHOME_KEYS"] = str(ROOT / "keys")  # the keys compose made, the tools' own among them
         for wiring in ["broker"] if quick else list(WIRINGS):
-            wiring_rows, rate = run_wiring(engine, wiring, Path(directory) / CONFIGS[wiring], quick)
+            steps = [
+                (fault, service, args.runs if runs > 1 else 1)
+                for fault, service, runs in plan(wiring, quick)
+                if not args.only or any(text in fault for text in args.only)
+            ]
+            wiring_rows, rate = run_wiring(engine, wiring, Path(directory) / CONFIGS[wiring], steps)
             rows += wiring_rows
             rates.append(rate)
     took = f" The whole run took {(time.monotonic() - began) / 60:.1f} min."
     report = f"{setting(engine, rates, load_average)}{took}\n\n{table(rows)}\n"
     print(f"\n{report}")
-    if not quick:
+    if not partial:
         RESULTS.write_text(f"# Fault recovery\n\n`.venv/bin/python tests/bench/faults.py`: {report}")
         print(f"written to {RESULTS.relative_to(ROOT)}")
 
