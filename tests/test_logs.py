@@ -5,10 +5,15 @@ import io
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from smarthome.core.config import load_config
+from smarthome.core.envelope import HEARTBEAT_TOPIC, Message, encode
 from smarthome.core.logs import LINES_PER_SECOND, PEERS_COUNTED, LimitedLines, TextFormatter, held_lines
+from smarthome.core.messaging import Subscriber
 from smarthome.core.sockets import guarded
+from support import loopback_config
 
 
 @pytest.fixture(autouse=True)
@@ -117,3 +122,17 @@ def test_a_handler_that_raises_drops_that_message_with_one_line_and_nothing_else
     assert out.getvalue().split("WARNING ", 1)[1].strip() == (
         "MIRROR dropped a message it could not handle: ValueError: cannot read b'coffee'"
     )
+
+
+def test_one_service_refused_instances_do_not_hide_another_services(tmp_path: Path) -> None:  # [A2]
+    """Refusals are limited per service: a flood of invented toasters leaves room for the coffee maker's line."""
+    _, out = stream_logger()
+    config = load_config(loopback_config(tmp_path, max_instances=1))
+    subscriber = Subscriber("MIRROR", config, ["coffee", "toast"], None)
+    flood = [("toaster", "toast")] * (LINES_PER_SECOND + 5) + [("coffee-maker", "coffee")] * 2
+    for instance, (service, topic) in enumerate(flood):
+        heartbeat = Message(HEARTBEAT_TOPIC, f"{service}@{instance}", 7, 0, time.time(), {"for": topic})
+        subscriber.accept(encode(heartbeat))
+    said = out.getvalue()
+    assert said.count("MIRROR refused toaster@") < LINES_PER_SECOND + 4, said  # held back past its share
+    assert "MIRROR refused coffee-maker@" in said, said  # the coffee maker's own share
