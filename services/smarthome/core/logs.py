@@ -195,3 +195,6 @@ class LimitedLines:
             message += f" (and {count[2]} more like it held back)"
             count[2] = 0
         self.logger.log(self.level, message, *args)
+
+
+peer_warnings = LimitedLines(logging.getLogger("smarthome"))  # about what peers send: an allowance per peer

@@ -17,8 +17,8 @@ from smarthome.core.config import Config
 from smarthome.core.envelope import HEARTBEAT_TOPIC, EnvelopeError, Message, decode, encode, topic_of
 from smarthome.core.identity import Identity
 from smarthome.core.keys import Policy
+from smarthome.core.logs import peer_warnings
 from smarthome.core.protocol import Beat, Kind, Receiver
-from smarthome.core.sockets import warnings
 
 Body = TypeVar("Body", bound=msgspec.Struct)
 _MORE = int(zmq.SNDMORE)
@@ -52,7 +52,7 @@ class Subscription(NamedTuple):
 def refused_instance(label: str, name: str, max_instances: int) -> None:
     """[A2] One (rate-limited per service) warning for a sender refused as one instance too many."""
     service = name.partition("@")[0]
-    warnings.log(
+    peer_warnings.log(
         "%s refused %s: %d instances of %s are alive (max_instances)", label, name, max_instances, service, peer=service
     )
 
@@ -153,17 +153,17 @@ class Subscriber:
             message = decode(frames, self.body_type)
         except EnvelopeError as exc:
             if not self._unwanted(topic_of(frames)):
-                warnings.log("%s dropped a malformed message: %s", self.label, exc, peer=peer)
+                peer_warnings.log("%s dropped a malformed message: %s", self.label, exc, peer=peer)
             return None
         topic = message.topic
         if topic == HEARTBEAT_TOPIC:
             return self._heartbeat(message, peer)
         if topic not in self.topics:
             if not self.wanted:  # a subscriber of everything hears every topic: one nobody declared is refused
-                warnings.log("%s dropped a message on '%s': not a declared topic", self.label, topic, peer=peer)
+                peer_warnings.log("%s dropped a message on '%s': not a declared topic", self.label, topic, peer=peer)
             return None  # [K1] ('light' subscribed also matches 'lightning')
         if self.policy and (refused := self.policy.refuses(peer or "?", message.sender, topic)):
-            warnings.log("%s dropped a message on '%s': %s", self.label, topic, refused, peer=peer)
+            peer_warnings.log("%s dropped a message on '%s': %s", self.label, topic, refused, peer=peer)
             return None
         if not self.receiver.take(message.sender, message.life, topic, message.seq, time.monotonic()):
             return None
@@ -177,12 +177,12 @@ class Subscriber:
         topic = message.body.get("for")
         if not isinstance(topic, str):
             sender = message.sender
-            warnings.log("%s dropped a malformed heartbeat from %s: no 'for' topic", self.label, sender, peer=peer)
+            peer_warnings.log("%s dropped a malformed heartbeat from %s: no 'for' topic", self.label, sender, peer=peer)
             return None
         if topic not in (self.kinds if HEARTBEAT_TOPIC in self.wanted else self.topics):
             return None  # [K5] not a topic we receive (asked for heartbeats themselves: any declared one)
         if self.policy and (refused := self.policy.refuses(peer or "?", message.sender, topic)):
-            warnings.log("%s dropped a heartbeat for '%s': %s", self.label, topic, refused, peer=peer)
+            peer_warnings.log("%s dropped a heartbeat for '%s': %s", self.label, topic, refused, peer=peer)
             return None
         beat = self.receiver.heartbeat(message.sender, message.life, topic, message.seq, time.monotonic())
         if beat is Beat.DROPPED:

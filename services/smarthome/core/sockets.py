@@ -20,7 +20,7 @@ from smarthome.core.config import Publish, Subscribe
 from smarthome.core.dialer import EVENTS, Dialer, Later, Soon
 from smarthome.core.identity import Identity
 from smarthome.core.keys import ZAP_DOMAIN, Keys, Policy, answer_zap, authenticator
-from smarthome.core.logs import LimitedLines
+from smarthome.core.logs import LimitedLines, peer_warnings
 
 if TYPE_CHECKING:
     from smarthome.core.messaging import Subscriber
@@ -29,7 +29,6 @@ Handler = Callable[..., None]  # handler(frames), or handler(frames, peer) where
 Watch = Callable[..., None]  # watch(sock, handler, peer=False): how a loop calls the handler for each message
 log = logging.getLogger("smarthome")
 SUBSCRIPTION_LINES_PER_SECOND = 100  # a peer may subscribe thousands of times a second; a broker restart, a few dozen
-warnings = LimitedLines(log)  # about what peers send
 subscriptions = LimitedLines(log, logging.INFO, per_second=SUBSCRIPTION_LINES_PER_SECOND)  # who subscribes
 SUBSCRIPTION_MAX_BYTES = 1024  # above libzmq's 0-275 range that breaks the handshake (libzmq #4436)
 TCP_KEEPALIVE_IDLE = 10  # seconds of silence before the kernel probes a connection
@@ -54,7 +53,7 @@ def guarded(label: str, handler: Handler) -> Handler:
 
 def dropped(label: str, error: Exception) -> None:
     """One (rate-limited) warning for a message whose handler raised `error`."""
-    warnings.log("%s dropped a message it could not handle: %s: %s", label, type(error).__name__, error)
+    peer_warnings.log("%s dropped a message it could not handle: %s: %s", label, type(error).__name__, error)
 
 
 class Sockets:

@@ -16,10 +16,11 @@ import zmq
 from smarthome.core.config import BrokerConfig
 from smarthome.core.envelope import HEARTBEAT_TOPIC, EnvelopeError, decode_head, retyped
 from smarthome.core.identity import Identity
+from smarthome.core.logs import peer_warnings
 from smarthome.core.messaging import Subscription, refused_instance, send_frames
 from smarthome.core.protocol import Answers, Beat, Kind, LastValues, Receiver
 from smarthome.core.runtime import Loop
-from smarthome.core.sockets import subscriptions, warnings
+from smarthome.core.sockets import subscriptions
 
 log = logging.getLogger(__name__)
 UPSTREAM_MAX = 1_000  # [C5] distinct subscriptions passed on to the publishers; beyond it they are refused
@@ -55,14 +56,14 @@ def main(me: Identity, spec: BrokerConfig) -> int:
         try:
             topic, concerns, head = decode_head(frames)
         except EnvelopeError as exc:
-            warnings.log("%s dropped a malformed message: %s", spec.name, exc, peer=peer)
+            peer_warnings.log("%s dropped a malformed message: %s", spec.name, exc, peer=peer)
             return
         if concerns not in config.topics:
-            warnings.log("%s dropped a message on '%s': not a declared topic", spec.name, concerns, peer=peer)
+            peer_warnings.log("%s dropped a message on '%s': not a declared topic", spec.name, concerns, peer=peer)
             return  # [K1]
         # [A1] The first hop: only here is the publisher's key known, so only here can it be checked.
         if policy and (refused := policy.refuses(peer or "?", head.sender, concerns)):
-            warnings.log("%s dropped a message on '%s': %s", spec.name, topic, refused, peer=peer)
+            peer_warnings.log("%s dropped a message on '%s': %s", spec.name, topic, refused, peer=peer)
             return
         send_frames(to_subscribers, frames)
         if topic != HEARTBEAT_TOPIC:
@@ -70,7 +71,7 @@ def main(me: Identity, spec: BrokerConfig) -> int:
                 try:
                     frames = retyped(frames, body_type)
                 except EnvelopeError as exc:
-                    warnings.log("%s keeps no message it could not read: %s", spec.name, exc, peer=peer)
+                    peer_warnings.log("%s keeps no message it could not read: %s", spec.name, exc, peer=peer)
                     return
             kept.take(head.sender, head.life, topic, head.seq, frames, time.monotonic())  # [C1]
             return

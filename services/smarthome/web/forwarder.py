@@ -31,10 +31,11 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from smarthome.core.config import WebConfig
 from smarthome.core.envelope import HEARTBEAT_TOPIC, LightState, Message
 from smarthome.core.identity import HEALTH_TOUCH_EVERY, Identity
+from smarthome.core.logs import peer_warnings
 from smarthome.core.messaging import Outbox, Subscriber, Subscription
 from smarthome.core.protocol import Kind
 from smarthome.core.schema import explain
-from smarthome.core.sockets import Handler, Sockets, guarded, warnings
+from smarthome.core.sockets import Handler, Sockets, guarded
 from smarthome.web.guard import Guard, TokenBucket, access_token, listen_host
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class Forwarder:
         except msgspec.ValidationError as exc:
             problem, where = explain(exc)
             problem += f" at 'body.{where}'" if where else ""
-            warnings.log(
+            peer_warnings.log(
                 "%s dropped a message on '%s': %s", self.spec.name, message.topic, problem, peer=message.sender
             )
             return None
@@ -287,7 +288,7 @@ class Forwarder:
         self.refuse(browser, problem)
 
     def refuse(self, browser: Browser, problem: str) -> None:
-        self.guard.warn(f"browser {browser.peer}: {problem}")
+        self.guard.warn(f"browser {browser.peer}: {problem}", browser.peer)
         self.offer(browser, as_json(self.error_event({"error": problem})))
 
     def command(self, browser: Browser, text: str) -> None:

@@ -37,6 +37,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from smarthome.core.config import LOOPBACK_ENV, Config, ConfigError, WebConfig
 from smarthome.core.keys import KeyRing, keys_dir, token_file
+from smarthome.core.logs import LimitedLines
 
 log = logging.getLogger(__name__)
 
@@ -109,35 +110,17 @@ class Buckets:
         return bucket
 
 
-class QuietLog:
-    """Warnings at a bounded rate: a flood of bad input costs a few lines, and says how many it held back."""
-
-    def __init__(self, logger: logging.Logger, per_second: float = 1.0, burst: int = 10) -> None:
-        self.logger = logger
-        self.bucket = TokenBucket(per_second, burst)
-        self.held_back = 0
-
-    def warning(self, message: str) -> None:
-        if not self.bucket.take():
-            self.held_back += 1
-            return
-        if self.held_back:
-            message += f" ({self.held_back} more warnings held back)"
-            self.held_back = 0
-        self.logger.warning("%s", message)
-
-
 class RequestErrors(logging.LoggerAdapter):
     """aiohttp's server log, where a malformed request (no Host in HTTP/1.1, a bad request line) is one
     rate-limited warning instead of an ERROR with a traceback; anything else goes through unchanged."""
 
-    def __init__(self, quiet: Callable[[str], None]) -> None:
+    def __init__(self, warn: Callable[..., None]) -> None:
         super().__init__(logging.getLogger("aiohttp.server"), {})
-        self.quiet = quiet
+        self.warn = warn
 
     def exception(self, msg: object, *args: object, exc_info: object = True, **kwargs: object) -> None:
-        if isinstance(exc_info, HttpProcessingError):
-            self.quiet(f"{str(msg) % args}: {exc_info.code} {exc_info.message}")
+        if isinstance(exc_info, HttpProcessingError):  # aiohttp does not say from whom: all such lines share one
+            self.warn(f"{str(msg) % args}: {exc_info.code} {exc_info.message}", peer="malformed requests")
         else:
             self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)  # type: ignore[arg-type]
 
@@ -169,10 +152,10 @@ class Guard:
         self.browsers: dict[str, int] = {}  # address -> /ws handlers running now, counted before their first await
         self.commands = Buckets(spec.command_rate, spec.command_burst)
         self.guesses = Buckets(GUESSES_PER_SECOND, GUESSES_BURST)
-        self.quiet = QuietLog(log)
+        self.lines = LimitedLines(log)  # what clients did wrong: an allowance of lines per client
 
     def server_options(self) -> dict[str, object]:
-        """For aiohttp's AppRunner: the header-read deadline and the quiet log of malformed requests."""
+        """For aiohttp's AppRunner: the header-read deadline and the rate-limited log of malformed requests."""
         # keepalive_timeout is aiohttp's only clock on a connection that has not sent a whole request: it starts
         # with the connection (each response restarts it) and closes one still waiting for its headers by then.
         return {"keepalive_timeout": self.spec.header_timeout, "logger": RequestErrors(self.warn)}
@@ -181,8 +164,9 @@ class Guard:
         app.middlewares.append(self.admit)
         app.on_response_prepare.append(self.add_headers)
 
-    def warn(self, message: str) -> None:
-        self.quiet.warning(f"{self.spec.name} {escape(message, 300)}")
+    def warn(self, message: str, peer: object) -> None:
+        """One warning about what `peer` (a client address) did, within that peer's allowance of lines."""
+        self.lines.log("%s %s", self.spec.name, escape(message, 300), peer=peer)
 
     def bucket(self, request: web.Request) -> TokenBucket:
         """The allowance of frames of the client `request` comes from, shared by all its connections."""
@@ -196,7 +180,7 @@ class Guard:
         if host is None:
             raise web.HTTPBadRequest(text="missing Host header")
         if _hostname(host) not in self.hosts:
-            self.warn(f"refused {request.remote}: unknown Host '{host}' (see allowed_hosts)")
+            self.warn(f"refused {request.remote}: unknown Host '{host}' (see allowed_hosts)", request.remote)
             raise web.HTTPForbidden(text="unknown Host")
         if request.path == WS_PATH:
             return await self._websocket(request, handler)
@@ -221,12 +205,12 @@ class Guard:
         address = client_address(request)
         guesses = self.guesses.of(address)
         if guesses.empty():
-            self.warn(f"refused {address}: too many wrong tokens, one a second now")
+            self.warn(f"refused {address}: too many wrong tokens, one a second now", address)
             raise web.HTTPTooManyRequests(text="too many wrong tokens: try again in a second")
         if hmac.compare_digest(given, self.token):
             return True
         guesses.take()
-        self.warn(f"refused {address}: wrong access token")
+        self.warn(f"refused {address}: wrong access token", address)
         return False
 
     # --- /ws --------------------------------------------------------------------------------------------
@@ -234,7 +218,7 @@ class Guard:
     async def _websocket(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
         origin = request.headers.get(hdrs.ORIGIN)
         if origin is None or not self._own_origin(request, origin):
-            self.warn(f"refused /ws from {request.remote}: Origin '{origin}' (see allowed_origins)")
+            self.warn(f"refused /ws from {request.remote}: Origin '{origin}' (see allowed_origins)", request.remote)
             raise web.HTTPForbidden(text="foreign or missing Origin")
         topics = [t for t in request.query.get("topics", "").split(",") if t]
         if len(topics) > MAX_TOPICS or not all(_TOPIC.match(t) for t in topics):
@@ -242,18 +226,19 @@ class Guard:
         given = (request.cookies.get(TOKEN_COOKIE) or request.query.get("token", "")).encode()
         if not (given and self._right(request, given)):
             if not given:
-                self.warn(f"refused /ws from {request.remote}: no access token")
+                self.warn(f"refused /ws from {request.remote}: no access token", request.remote)
             ws = web.WebSocketResponse()
             await ws.prepare(request)
             await ws.close(code=TOKEN_REQUIRED, message=b"access token required")
             return ws
         address = client_address(request)
         if sum(self.browsers.values()) >= self.spec.max_browsers:
-            self.warn(f"refused /ws from {address}: {self.spec.max_browsers} browsers already (max_browsers)")
+            self.warn(f"refused /ws from {address}: {self.spec.max_browsers} browsers already (max_browsers)", address)
             raise web.HTTPServiceUnavailable(text="too many browsers")
         if self.browsers.get(address, 0) >= self.spec.browsers_per_address:
             limit = self.spec.browsers_per_address
-            self.warn(f"refused /ws from {address}: {limit} browsers from there already (browsers_per_address)")
+            refused = f"refused /ws from {address}: {limit} browsers from there already (browsers_per_address)"
+            self.warn(refused, address)
             raise web.HTTPServiceUnavailable(text="too many browsers from this address")
         self.browsers[address] = self.browsers.get(address, 0) + 1
         try:
