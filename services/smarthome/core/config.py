@@ -17,7 +17,14 @@ from typing import Annotated, Any, ClassVar
 import msgspec
 import yaml
 
-from smarthome.core.envelope import HEARTBEAT_TOPIC, MAX_VIEW_LABELS, ApplianceStatus, LightState, MirrorView
+from smarthome.core.envelope import (
+    HEARTBEAT_TOPIC,
+    MAX_VIEW_LABELS,
+    TOPIC_NAME,
+    ApplianceStatus,
+    LightState,
+    MirrorView,
+)
 from smarthome.core.protocol import MAX_INSTANCES, MAX_SENDERS, Kind
 from smarthome.core.schema import explain
 
@@ -29,7 +36,7 @@ MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML; a bigger file is refus
 MAX_CONFIG_DEPTH = 32  # nesting: ours is 5 deep; a 5,000-deep list would exhaust Python's stack
 MAX_NUMBER_CHARS = 40  # digits of one number: none of ours needs more, and Python refuses past 4,300
 MIN_TOGGLE_PERIOD = 0.05  # seconds: the light switch toggles at most 20 times a second (0 = never)
-Topic = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+Topic = Annotated[str, msgspec.Meta(pattern=rf"^{TOPIC_NAME}$")]
 ServiceName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{0,39}$")]  # also names its key file
 DisplayName = Annotated[str, msgspec.Meta(pattern=r"^[^\x00-\x1f\x7f]{1,40}$")]  # printable: it goes in every log line
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=86_400)]

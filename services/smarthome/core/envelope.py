@@ -18,7 +18,8 @@ HEARTBEAT_TOPIC = "heartbeat"  # every publisher's 'I am alive', once per heartb
 Sender = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 SENDER = re.compile(r"^[A-Za-z0-9_.:+-]{1,100}@[A-Za-z0-9_.:+-]{1,100}$")  # service@instance, nothing to escape
 Counter = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
-TOPIC = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+TOPIC_NAME = r"[a-z][a-z0-9_-]{0,63}"  # a topic name: config, envelope, broker and dashboard all take this one
+TOPIC = re.compile(rf"^{TOPIC_NAME}$")
 MAX_BODY_DEPTH = 8  # our bodies are flat; a deeper one is an attack on whoever walks it later
 MAX_VIEW_LABELS = 256  # labels in the mirror's view: its topics x max_instances, with room
 MAX_LABEL_CHARS = 165  # one label: topic@instance, 64 + 1 + 100

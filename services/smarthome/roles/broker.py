@@ -14,7 +14,7 @@ import time
 import zmq
 
 from smarthome.core.config import BrokerConfig
-from smarthome.core.envelope import HEARTBEAT_TOPIC, EnvelopeError, decode_head, retyped
+from smarthome.core.envelope import HEARTBEAT_TOPIC, TOPIC_NAME, EnvelopeError, decode_head, retyped
 from smarthome.core.identity import Identity
 from smarthome.core.logs import peer_warnings
 from smarthome.core.messaging import Subscription, refused_instance, send_frames
@@ -24,7 +24,7 @@ from smarthome.core.sockets import subscriptions
 
 log = logging.getLogger(__name__)
 UPSTREAM_MAX = 1_000  # [C5] distinct subscriptions passed on to the publishers; beyond it they are refused
-TOPIC_PREFIX = re.compile(rb"^([a-z][a-z0-9_-]{0,63})?$")  # a subscription is a prefix of a topic name, or ''
+TOPIC_PREFIX = re.compile(rf"^({TOPIC_NAME})?$".encode())  # a subscription is a prefix of a topic name, or ''
 
 
 def main(me: Identity, spec: BrokerConfig) -> int:

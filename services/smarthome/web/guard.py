@@ -26,7 +26,6 @@ import hmac
 import ipaddress
 import logging
 import os
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -36,6 +35,7 @@ from aiohttp import WSMessage, WSMsgType, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from smarthome.core.config import LOOPBACK_ENV, Config, ConfigError, WebConfig
+from smarthome.core.envelope import TOPIC
 from smarthome.core.keys import KeyRing, keys_dir, token_file
 from smarthome.core.logs import LimitedLines
 
@@ -57,7 +57,6 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it
     "Cross-Origin-Resource-Policy": "same-origin",
 }
-_TOPIC = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -221,7 +220,7 @@ class Guard:
             self.warn(f"refused /ws from {request.remote}: Origin '{origin}' (see allowed_origins)", request.remote)
             raise web.HTTPForbidden(text="foreign or missing Origin")
         topics = [t for t in request.query.get("topics", "").split(",") if t]
-        if len(topics) > MAX_TOPICS or not all(_TOPIC.match(t) for t in topics):
+        if len(topics) > MAX_TOPICS or not all(TOPIC.match(t) for t in topics):
             raise web.HTTPBadRequest(text=f"topics: at most {MAX_TOPICS} topic names")
         given = (request.cookies.get(TOKEN_COOKIE) or request.query.get("token", "")).encode()
         if not (given and self._right(request, given)):
