@@ -49,6 +49,17 @@ def test_held_lines_are_written_in_order_at_each_flush_and_at_the_end() -> None:
     assert logging.getLogger().handlers == before
 
 
+def test_other_libraries_loggers_are_left_as_they_are() -> None:
+    log, out = stream_logger()
+    theirs = logging.getLogger("aiohttp.access")
+    with held_lines():
+        log.info("ours")
+        theirs.info("theirs")
+        assert out.getvalue().split()[-1] == "theirs"  # written at once; ours is held
+    assert out.getvalue().split()[-1] == "ours"
+    assert type(theirs) is logging.Logger
+
+
 def test_errors_are_written_at_once_after_what_was_held() -> None:
     log, out = stream_logger()
     with held_lines():

@@ -141,10 +141,10 @@ class HoldingLogger(logging.Logger):
 
 
 def _use_holding_loggers() -> None:
-    """Every plain Logger, made already or from now on, a HoldingLogger (the same but while held)."""
-    logging.setLoggerClass(HoldingLogger)
-    for logger in logging.Logger.manager.loggerDict.values():
-        if type(logger) is logging.Logger:
+    """Our own loggers ('smarthome' and below, made at import) HoldingLoggers: the same, but while held. Other
+    libraries' loggers are left as they are: their lines are written at once."""
+    for name, logger in logging.Logger.manager.loggerDict.items():
+        if type(logger) is logging.Logger and (name == "smarthome" or name.startswith("smarthome.")):
             logger.__class__ = HoldingLogger
 
 

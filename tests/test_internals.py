@@ -1,0 +1,46 @@
+"""The private parts of pyzmq and of logging that the runtime leans on, checked against what is installed.
+
+Each is used for speed or to run on the poller loop (the module named says why); none is promised by its
+library. An upgrade of pyzmq or Python that changes one fails here, naming it, instead of a service going
+wrong quietly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import zmq
+from smarthome.core import logs
+from smarthome.core.messaging import send_frames
+from zmq.auth.base import Authenticator
+
+
+def test_send_frames_sends_what_send_multipart_sends(context: zmq.Context) -> None:
+    """messaging.send_frames calls zmq.backend.Socket.send, under Socket.send's checks."""
+    assert issubclass(zmq.Socket, zmq.backend.Socket)
+    receiver, sender = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    receiver.bind("inproc://frames")
+    sender.connect("inproc://frames")
+    frames = [b"toast", b'{"status": true}', b"", b"\x00" * 3]
+    send_frames(sender, frames)
+    sender.send_multipart(frames)
+    assert receiver.poll(5000) and receiver.recv_multipart() == frames
+    assert receiver.poll(5000) and receiver.recv_multipart() == frames
+    receiver.close()
+    sender.close()
+
+
+def test_the_zap_handler_is_a_coroutine_that_answer_zap_can_drive() -> None:
+    """keys.answer_zap steps pyzmq's ZAP handler coroutine by hand, on the poller loop."""
+    assert inspect.iscoroutinefunction(Authenticator.handle_zap_message)
+    assert list(inspect.signature(Authenticator.handle_zap_message).parameters) == ["self", "msg"]
+
+
+def test_logging_has_what_held_lines_replace() -> None:
+    """logs.setup_logging turns off logging._srcfile; HoldingLogger._log overrides Logger._log, signature and all."""
+    assert hasattr(logging, "_srcfile")
+    assert inspect.signature(logs.HoldingLogger._log).parameters.keys() == (
+        inspect.signature(logging.Logger._log).parameters.keys()
+    )
+    assert isinstance(logging.Logger.manager.loggerDict, dict)
