@@ -13,8 +13,8 @@ Network faults are made from the host in the toaster's network namespace (suppor
 support.delayed: tests/netem.py on an NFQUEUE, as this kernel has no netem), the container keeping cap_drop ALL:
 10 % loss each way, 200 ± 50 ms on what it sends (and with a quarter of its packets sent at once: reordered),
 a cut of one direction for FAULT_SECONDS, a link flapping, and a DNS outage (its lookups hang) while it is
-partitioned. Each runs RUNS times, as does the long partition of the toaster and of the one the others
-connect to (the broker, or the light switch); the row gives the median and the worst.
+partitioned. Each runs RUNS times, as does the long partition of the toaster and of the one connected to many
+(the broker; in direct wiring, the mirror); the row gives the median and the worst.
 
 Per fault x service x wiring:
 - true again after: from the fault's end (for loss, delay and reordering, which last: from the light's
@@ -394,11 +394,10 @@ def plan(wiring: str, quick: bool) -> list[tuple[str, str, int]]:
     steps = [(fault, service, 1) for service in services for fault in EVERY_SERVICE]
     if quick:
         return steps
-    # The long partition, with one light change during it: of an appliance, and of the one every other
-    # service connects to (the broker; in direct wiring, the mirror connects to the toaster).
-    steps += [
-        (f"partition {LONG_PARTITION:g} s", cut, RUNS) for cut in ["toaster", "broker" if broker else "smart-mirror"]
-    ]
+    # The long partition, with one light change during it: of an appliance (it connects to the light), and of
+    # the one that connects to many: the broker, every service's peer; in direct wiring, the mirror.
+    hub = "broker" if broker else "smart-mirror"
+    steps += [(f"partition {LONG_PARTITION:g} s", cut, RUNS) for cut in ["toaster", hub]]
     steps += [(fault, "toaster", RUNS) for fault in NETWORK]
     if broker:
         steps += [("scale 1 → 3", "toaster", 1), ("scale 3 → 1", "toaster", 1), ("restart", "broker", 1)]
