@@ -330,7 +330,7 @@ def test_logs_are_utc_in_either_format_and_a_request_without_host_is_one_line(
 )
 def test_a_bad_log_setting_is_one_line_and_exit_2(direct: Path, variable: str, value: str, problem: str) -> None:
     result = run("run", "toaster", env={**smarthome_env(direct), variable: value})
-    one_line(result, 2, f"smarthome: config error: {variable}: {problem}")
+    one_line(result, 2, f"smarthome: setting error: {variable}: {problem}")
 
 
 # --- the package and the config schema ---

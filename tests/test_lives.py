@@ -158,7 +158,7 @@ async def test_after_300_instances_come_and_go_a_new_browser_gets_the_current_vi
             sender = f"toaster@{i}"
             fleet.send_multipart(encode(Message("heartbeat", sender, 1, 1, time.time(), {"for": "toast"})))
             fleet.send_multipart(encode(Message("toast", sender, 1, 1, time.time(), {"status": True})))
-        web.wait_for("is offline", times=100 * (wave + 1))
+        web.wait_for("WEB forgot toaster@", times=100 * (wave + 1))
     port = yaml.safe_load(config.read_text())["services"]["web"]["port"]
     page = as_page(f"http://127.0.0.1:{port}", config)
     async with (

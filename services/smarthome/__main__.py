@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -25,11 +26,11 @@ from typing import NoReturn
 import zmq
 
 from smarthome import __version__
-from smarthome.core.config import CONFIG_ENV, Config, ConfigError, load_config
+from smarthome.core.config import CONFIG_ENV, Config, ConfigError, SetupError, json_schema, load_config
 from smarthome.core.identity import Identity
-from smarthome.core.keys import KeyRing, key_names, keys_dir, token_names
+from smarthome.core.keys import KeyRing, KeysError, key_names, keys_dir, token_names
 from smarthome.core.logs import setup_logging
-from smarthome.tools import cli, config_schema, local
+from smarthome.tools import cli, local
 
 # role -> the module whose `main(me, spec) -> exit code` runs it, imported only when that role runs
 # (the web forwarder's aiohttp would otherwise add to every appliance's memory: tests/bench/stack_lifecycle.py).
@@ -58,7 +59,7 @@ def make_keys(config: Config, owner: int | None) -> int:
         created = ring.ensure(key_names(config), owner)
         created += [f"{name}.token" for name in token_names(config) if ring.ensure_token(name, owner)]
     except OSError as exc:
-        raise ConfigError(str(ring.directory), "", f"cannot write keys: {exc.strerror or exc}") from None
+        raise KeysError(str(ring.directory), "", f"cannot write keys: {exc.strerror or exc}") from None
     print(f"smarthome: keys in {ring.directory}: made {', '.join(created) or 'none, all there'}", file=sys.stderr)
     return 0
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     try:
         if args.command == "schema":
-            print(config_schema.render(), end="")
+            print(json.dumps(json_schema(), indent=2))
             return 0
         config_path = args.config or os.environ.get(CONFIG_ENV)
         if args.command in ("run", "local", "keys"):
@@ -134,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "pub":
             return cli.pub(config, args.topic, args.body, args.timeout)
         return cli.light(config, args.state, args.timeout)
-    except ConfigError as exc:
-        print(f"smarthome: config error: {exc}", file=sys.stderr)
+    except SetupError as exc:
+        print(f"smarthome: {exc.kind}: {exc}", file=sys.stderr)
         return 2
     except (cli.UsageError, zmq.ZMQError) as exc:
         print(f"smarthome: {exc}", file=sys.stderr)

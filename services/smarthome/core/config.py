@@ -25,8 +25,8 @@ from smarthome.core.envelope import (
     LightState,
     MirrorView,
 )
+from smarthome.core.problems import explain
 from smarthome.core.protocol import MAX_INSTANCES, MAX_SENDERS, Kind
-from smarthome.core.schema import explain
 
 CONFIG_ENV = "SMARTHOME_CONFIG"
 HOST_PORT_ENV = "SMARTHOME_HOST_PORT_{}"  # the host port compose publishes container port {} on
@@ -152,7 +152,9 @@ class Zmtp(_Strict):
     heartbeat_ttl: Annotated[float, msgspec.Meta(ge=0.1, le=600)]  # how long the peer may wait for our pings
 
 
-class _Settings(_Strict):
+class Settings(_Strict):
+    """The config file's top level, as validated; each service is validated on its own after (to name it)."""
+
     max_message_bytes: Annotated[int, msgspec.Meta(ge=1024, le=16 << 20)]  # larger peers are disconnected
     heartbeat_interval: Annotated[float, msgspec.Meta(ge=0.05, le=60)]  # seconds between each publisher's heartbeats
     offline_after: Annotated[int, msgspec.Meta(ge=1, le=100)]  # missed heartbeats before a sender is gone
@@ -164,16 +166,11 @@ class _Settings(_Strict):
     max_instances: Annotated[int, msgspec.Meta(ge=1, le=MAX_SENDERS)] = MAX_INSTANCES
 
 
-class Config(msgspec.Struct, frozen=True):
-    path: str
-    max_message_bytes: int
-    heartbeat_interval: float
-    offline_after: int
-    zmtp: Zmtp
-    topics: dict[str, Kind]
+class Config(Settings, frozen=True):
+    """A loaded config: the file's settings, each service typed by its role, and the file it came from."""
+
     services: dict[str, ServiceConfig]
-    curve: bool = True
-    max_instances: int = MAX_INSTANCES
+    path: str = ""
 
     @property
     def gone_after(self) -> float:
@@ -219,11 +216,26 @@ def host_port(port: str) -> str:
     return os.environ.get(HOST_PORT_ENV.format(port), port)
 
 
-class ConfigError(Exception):
-    """A config problem, printed as one line: FILE: KEY.PATH: PROBLEM."""
+class SetupError(Exception):
+    """What stops a service or a tool before it runs, printed as one line, `smarthome: KIND: WHERE: PROBLEM`, with
+    exit code 2. Each subclass says what failed."""
 
-    def __init__(self, path: str, key: str, problem: str) -> None:
-        super().__init__(f"{path}: {key}: {problem}" if key else f"{path}: {problem}")
+    kind = "setup error"
+
+    def __init__(self, where: str, key: str, problem: str) -> None:
+        super().__init__(f"{where}: {key}: {problem}" if key else f"{where}: {problem}")
+
+
+class ConfigError(SetupError):
+    """A config problem: FILE: KEY.PATH: PROBLEM."""
+
+    kind = "config error"
+
+
+class SettingError(SetupError):
+    """A SMARTHOME_* environment variable with a value it cannot take: VARIABLE: PROBLEM."""
+
+    kind = "setting error"
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -251,21 +263,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     if isinstance(raw, dict) and isinstance(raw.get("topics"), dict):  # msgspec would say only "topics[...]"
         for topic, kind in raw["topics"].items():
             _convert(path, f"topics.{topic}", kind, Kind)
-    settings = _convert(path, "", raw, _Settings)
+    settings = _convert(path, "", raw, Settings)
     services = {
         name: _convert(path, f"services.{name}", entry, ServiceConfig) for name, entry in settings.services.items()
     }
-    config = Config(
-        path,
-        settings.max_message_bytes,
-        settings.heartbeat_interval,
-        settings.offline_after,
-        settings.zmtp,
-        settings.topics,
-        services,
-        settings.curve,
-        settings.max_instances,
-    )
+    config = Config(**msgspec.structs.asdict(settings) | {"services": services, "path": path})
     _check_wiring(config)
     for name, service in services.items():
         if isinstance(service, WebConfig):
@@ -405,3 +407,18 @@ def _on_loopback(raw: Any) -> Any:
     if isinstance(raw, list):
         return [_on_loopback(value) for value in raw]
     return to_loopback(raw) if isinstance(raw, str) and _ENDPOINT.match(raw) else raw
+
+
+def json_schema() -> dict[str, Any]:
+    """The config file's JSON Schema, from the types that validate it: config/smarthome.schema.json, which the
+    shipped configs name in their first line, so a YAML editor (yaml-language-server) completes and checks them.
+    `smarthome schema` prints it; a test keeps the shipped file current. Unlike the loader, which validates each
+    service on its own after the top level, it describes the whole file at once, every service typed."""
+    fields = [
+        (f.name, dict[str, ServiceConfig] if f.name == "services" else f.type)
+        if f.default is msgspec.NODEFAULT
+        else (f.name, f.type, f.default)
+        for f in msgspec.structs.fields(Settings)
+    ]
+    document = msgspec.defstruct("SmarthomeConfig", fields, forbid_unknown_fields=True)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **msgspec.json.schema(document)}

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 
-from smarthome.core.schema import explain
+from smarthome.core.problems import explain
 
 HEARTBEAT_TOPIC = "heartbeat"  # every publisher's 'I am alive', once per heartbeat_interval
 

@@ -21,7 +21,7 @@ import zmq
 import zmq.auth
 from zmq.auth.base import Authenticator
 
-from smarthome.core.config import BrokerConfig, Config, ConfigError, Publish, WebConfig
+from smarthome.core.config import BrokerConfig, Config, Publish, SetupError, WebConfig
 from smarthome.core.identity import TOOLS, Identity
 
 KEYS_ENV = "SMARTHOME_KEYS"
@@ -30,6 +30,12 @@ TOKEN_BYTES = 32  # a dashboard token's randomness: 43 URL-safe characters
 SECRET_KEY_ENV = "SMARTHOME_SECRET_KEY"  # a file with this service's own pair (a swarm secret); then the
 # folder holds the public keys only
 ZAP_DOMAIN = "smarthome"
+
+
+class KeysError(SetupError):
+    """CurveZMQ keys that cannot be read or written: DIRECTORY: PROBLEM."""
+
+    kind = "keys error"
 
 
 def keys_dir(config: Config) -> Path:
@@ -134,7 +140,7 @@ class Keys:
                 self.ring.ensure(names)  # first start: make them (in compose the `keys` service has)
             self.public, self.secret = self.ring.pair(me.key)
         except OSError as exc:
-            raise ConfigError(str(self.ring.directory), "", f"no CurveZMQ keys: {exc.strerror or exc}") from None
+            raise KeysError(str(self.ring.directory), "", f"no CurveZMQ keys: {exc.strerror or exc}") from None
 
     def server_key(self, endpoint: str) -> bytes:
         """The public key of whoever binds `endpoint`: a client talks only to the server it meant."""

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
-from smarthome.core.config import ConfigError
+from smarthome.core.config import SettingError
 
 LEVEL_ENV = "SMARTHOME_LOG_LEVEL"
 FORMAT_ENV = "SMARTHOME_LOG_FORMAT"
@@ -68,13 +68,13 @@ FORMATTERS = {"text": TextFormatter, "json": JsonFormatter}
 
 
 def setup_logging() -> None:
-    """Configure the root logger from the environment; a bad value is a one-line ConfigError."""
+    """Configure the root logger from the environment; a bad value is a one-line SettingError."""
     level = os.environ.get(LEVEL_ENV, "info").lower()
     if level not in LEVELS:
-        raise ConfigError(LEVEL_ENV, "", f"unknown level '{level}' (one of: {', '.join(LEVELS)})")
+        raise SettingError(LEVEL_ENV, "", f"unknown level '{level}' (one of: {', '.join(LEVELS)})")
     kind = os.environ.get(FORMAT_ENV, "text").lower()
     if kind not in FORMATTERS:
-        raise ConfigError(FORMAT_ENV, "", f"unknown format '{kind}' (one of: {', '.join(FORMATTERS)})")
+        raise SettingError(FORMAT_ENV, "", f"unknown format '{kind}' (one of: {', '.join(FORMATTERS)})")
     # What our lines never show, not collected per call (the logging HOWTO's "Optimization"): a line is a few
     # microseconds cheaper, and the handlers of a message log on its path.
     logging._srcfile = None  # type: ignore[attr-defined]  # no caller lookup (file, line, function)

@@ -1,6 +1,11 @@
-"""The poller loop every service but the web forwarder runs: one zmq.Poller, timers, clean shutdown.
+"""The loop contract every service is written against (Runtime), and its poller implementation (Loop).
 
-A service is single-threaded: every socket lives on the one poller loop (sockets are not thread-safe), and
+Runtime builds what every service does on five primitives of its loop (watch, every, call_later,
+call_soon_threadsafe, send): publishers that heartbeat and answer late joiners, subscriptions judged by the
+protocol, forgotten senders, a health file. Loop implements them on one zmq.Poller; the web forwarder's
+AsyncioLoop (core/asyncio_loop.py) on asyncio, next to its browsers.
+
+A poller service is single-threaded: every socket lives on the one poller loop (sockets are not thread-safe), and
 long waits are timers on that loop (never sleeps). The poll timeout is the time to the next timer, and the
 health file is touched by a timer every HEALTH_TOUCH_EVERY, so the loop never blocks for long; SIGTERM and
 SIGINT wake the poller at once through a wakeup socket, so a stop takes milliseconds.
@@ -8,6 +13,7 @@ SIGINT wake the poller at once through a wakeup socket, so a stop takes millisec
 
 from __future__ import annotations
 
+import abc
 import collections
 import contextlib
 import heapq
@@ -17,9 +23,10 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
+from zmq.auth.base import Authenticator
 
 from smarthome.core.config import Publish, Subscribe
 from smarthome.core.envelope import HEARTBEAT_TOPIC, Message
@@ -39,6 +46,12 @@ LINES_HELD_AT_MOST = 0.1
 log = logging.getLogger("smarthome")
 
 
+class Cancellable(Protocol):
+    """A timer's handle: Loop's Timer, or asyncio's TimerHandle."""
+
+    def cancel(self) -> None: ...
+
+
 class Timer:
     def __init__(self, callback: Callable[[], None]) -> None:
         self.callback = callback
@@ -48,62 +61,41 @@ class Timer:
         self.cancelled = True
 
 
-class Loop:
-    """One service's poller loop: its sockets (made by `sockets`), its timers and its lifecycle."""
+class Runtime(abc.ABC):
+    """What every service does, on the primitives of whichever loop runs it (the abstract methods)."""
 
-    def __init__(self, me: Identity) -> None:
-        self.me = me
-        self.context = zmq.Context()
-        self.poller = zmq.Poller()
-        self._readers: dict[Any, Callable[[], None]] = {}
-        self._timers: list[tuple[float, int, Timer]] = []
-        self._timer_ids = itertools.count()
-        self._stopping = False
-        # Woken by a signal (set_wakeup_fd) or by another thread's call_soon_threadsafe: the poll returns at once.
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_w.setblocking(False)
-        self._soon: collections.deque[Callable[[], None]] = collections.deque()
-        self.poller.register(self._wake_r.fileno(), zmq.POLLIN)  # a plain socket: the poller hands back its fd
-        self._readers[self._wake_r.fileno()] = self._woken
-        self.every(HEALTH_TOUCH_EVERY, me.health.touch)
-        self.sockets = Sockets(self.context, me, self.on_message, self.call_later, self.call_soon_threadsafe)
+    me: Identity
+    sockets: Sockets
 
-    # --- sockets -----------------------------------------------------------------------------------
+    def _open(self, context: zmq.Context, zap: type[Authenticator] = Authenticator) -> None:
+        """Make the socket factory on `context` (the implementation's own kind) and start the health touch."""
+        self.sockets = Sockets(context, self.me, self.watch, self.call_later, self.call_soon_threadsafe, zap)
+        self.every(HEALTH_TOUCH_EVERY, self.me.health.touch)
 
-    def on_message(self, sock: zmq.Socket, handler: Handler, peer: bool = False) -> None:
-        """Call `handler(frames)` for each message `sock` receives; with `peer`, `handler(frames, user_id)`:
-        the name of the key that peer authenticated with (CurveZMQ).
+    # --- the loop's primitives ---------------------------------------------------------------------
 
-        A wakeup reads until the socket is empty, but at most DRAIN_LIMIT messages, so one busy socket
-        cannot starve the others or the timers. Right after a wakeup all code runs cold, and a raised zmq.Again
-        costs more than a ZMQ_EVENTS read (tests/bench/hop_cost.py), so a wakeup's first message is followed by a
-        ZMQ_EVENTS read; a burst ends with zmq.Again (one per burst, cheaper than a read per message).
-        """
-        label = self.me.label
-        recv, get = sock.recv, sock.get  # the Cython methods: pyzmq's recv_multipart costs more than the receive
+    @abc.abstractmethod
+    def watch(self, sock: zmq.Socket, handler: Handler, peer: bool = False) -> None:
+        """Call `handler(frames)` for each message `sock` receives; with `peer`, `handler(frames, user_id)`.
+        Whatever the handler raises drops that message with a warning: no input stops the loop."""
 
-        def drain() -> None:
-            for count in range(DRAIN_LIMIT):
-                try:
-                    frame = recv(_NOBLOCK, copy=False)  # a Frame tells if more parts follow without a getsockopt
-                except zmq.Again:  # the end of a burst
-                    return
-                first, frames = frame, [frame.bytes]
-                while frame.more:
-                    frame = recv(_NOBLOCK, copy=False)
-                    frames.append(frame.bytes)
-                try:  # guarded, as in sockets.guarded: no input can stop a service
-                    if peer:
-                        handler(frames, first.get("User-Id"))
-                    else:
-                        handler(frames)
-                except Exception as exc:
-                    dropped(label, exc)
-                if count == 0 and not get(_EVENTS) & _POLLIN:  # the usual wakeup, one message: end it unraised
-                    return
+    @abc.abstractmethod
+    def every(self, period: float, callback: Callable[[], None]) -> None:
+        """Call `callback` every `period` seconds, for as long as the loop runs."""
 
-        self.poller.register(sock, zmq.POLLIN)
-        self._readers[sock] = drain
+    @abc.abstractmethod
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Cancellable:
+        """Call `callback` once, in `delay` seconds, unless the handle returned is cancelled first."""
+
+    @abc.abstractmethod
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Call `callback` on the loop, soon: the one thing another thread may ask of it."""
+
+    @abc.abstractmethod
+    def send(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+        """Send one multipart message on `sock` (an XPUB or PUB: it never blocks)."""
+
+    # --- what every service does on them -------------------------------------------------------------
 
     def publisher(self, spec: Publish, on_listener: Callable[[], None] | None = None) -> Publisher:
         return Publisher(self, spec, on_listener)
@@ -114,16 +106,19 @@ class Loop:
         body_type: type[Body] | None,
         handler: Callable[[Message, Body | None], None],
         on_gone: Callable[[str], None] | None = None,
+        on_gap: Callable[[str], None] | None = None,
+        heartbeats: bool = False,
     ) -> Subscriber:
         """Receive `spec.topics` (all if empty) with bodies validated as `body_type` (None: any JSON object).
 
         Only new, valid messages reach `handler` (see Subscriber); heartbeats are heard here, and reach it only
-        when `spec.topics` asks for them (or is empty: everything).
+        when `spec.topics` asks for them (or is empty: everything), or with `heartbeats` (who is alive).
         `on_gone(sender)` is called for a sender that stopped heartbeating: its state must not linger as alive [F1].
+        `on_gap(sender)`: messages of `sender` were missed (counted by the subscriber's receiver) [G5].
         """
         config = self.me.config
-        subscriber = Subscriber(self.me.label, config, spec.topics, body_type, self.sockets.policy)
-        heartbeats = not spec.topics or HEARTBEAT_TOPIC in spec.topics  # to the handler only if it asked
+        subscriber = Subscriber(self.me.label, config, spec.topics, body_type, self.sockets.policy, on_gap)
+        heartbeats = heartbeats or not spec.topics or HEARTBEAT_TOPIC in spec.topics  # to the handler if asked
 
         def deliver(frames: list[bytes], peer: str | None) -> None:
             if (accepted := subscriber.accept(frames, peer)) and (heartbeats or accepted[0].topic != HEARTBEAT_TOPIC):
@@ -161,6 +156,63 @@ class Loop:
         subscriber = self.subscribe(spec, body_type, kept)
         wait = self.call_later(self.me.config.heartbeat_interval, lambda: decide(None))
 
+
+class Loop(Runtime):
+    """One service's poller loop: its sockets (made by `sockets`), its timers and its lifecycle."""
+
+    def __init__(self, me: Identity) -> None:
+        self.me = me
+        self.context = zmq.Context()
+        self.poller = zmq.Poller()
+        self._readers: dict[Any, Callable[[], None]] = {}
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._timer_ids = itertools.count()
+        self._stopping = False
+        # Woken by a signal (set_wakeup_fd) or by another thread's call_soon_threadsafe: the poll returns at once.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
+        self._soon: collections.deque[Callable[[], None]] = collections.deque()
+        self.poller.register(self._wake_r.fileno(), zmq.POLLIN)  # a plain socket: the poller hands back its fd
+        self._readers[self._wake_r.fileno()] = self._woken
+        self._open(self.context)
+
+    # --- sockets -----------------------------------------------------------------------------------
+
+    def watch(self, sock: zmq.Socket, handler: Handler, peer: bool = False) -> None:
+        """Call `handler(frames)` for each message `sock` receives; with `peer`, `handler(frames, user_id)`:
+        the name of the key that peer authenticated with (CurveZMQ).
+
+        A wakeup reads until the socket is empty, but at most DRAIN_LIMIT messages, so one busy socket
+        cannot starve the others or the timers. Right after a wakeup all code runs cold, and a raised zmq.Again
+        costs more than a ZMQ_EVENTS read (tests/bench/hop_cost.py), so a wakeup's first message is followed by a
+        ZMQ_EVENTS read; a burst ends with zmq.Again (one per burst, cheaper than a read per message).
+        """
+        label = self.me.label
+        recv, get = sock.recv, sock.get  # the Cython methods: pyzmq's recv_multipart costs more than the receive
+
+        def drain() -> None:
+            for count in range(DRAIN_LIMIT):
+                try:
+                    frame = recv(_NOBLOCK, copy=False)  # a Frame tells if more parts follow without a getsockopt
+                except zmq.Again:  # the end of a burst
+                    return
+                first, frames = frame, [frame.bytes]
+                while frame.more:
+                    frame = recv(_NOBLOCK, copy=False)
+                    frames.append(frame.bytes)
+                try:  # guarded, as in sockets.guarded: no input can stop a service
+                    if peer:
+                        handler(frames, first.get("User-Id"))
+                    else:
+                        handler(frames)
+                except Exception as exc:
+                    dropped(label, exc)
+                if count == 0 and not get(_EVENTS) & _POLLIN:  # the usual wakeup, one message: end it unraised
+                    return
+
+        self.poller.register(sock, zmq.POLLIN)
+        self._readers[sock] = drain
+
     # --- timers ------------------------------------------------------------------------------------
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
@@ -178,6 +230,9 @@ class Loop:
         timer = Timer(callback)
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_ids), timer))
         return timer
+
+    def send(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+        send_frames(sock, frames)
 
     def every(self, period: float, callback: Callable[[], None]) -> None:
         def tick() -> None:
@@ -247,24 +302,30 @@ class Publisher:
     `on_listener` is called whenever a subscription names our topic exactly (a catch-all does not).
     """
 
-    def __init__(self, loop: Loop, spec: Publish, on_listener: Callable[[], None] | None = None) -> None:
+    def __init__(self, loop: Runtime, spec: Publish, on_listener: Callable[[], None] | None = None) -> None:
         self.loop = loop
         self.outbox = Outbox(loop.me, spec.topic, loop.me.config.topics[spec.topic])
         self.on_listener = on_listener
         self.label = loop.me.label
         self.answers = Answers(loop.me.config.heartbeat_interval)
-        self.answer_held: Timer | None = None
+        self.answer_held: Cancellable | None = None
         self.sock = loop.sockets.publisher(spec)
-        loop.on_message(self.sock, self._on_subscription)
-        loop.every(loop.me.config.heartbeat_interval, lambda: send_frames(self.sock, self.outbox.heartbeat()))
+        self.send = loop.send
+        loop.watch(self.sock, self._on_subscription)
+        loop.every(loop.me.config.heartbeat_interval, lambda: self.send(self.sock, self.outbox.heartbeat()))
 
     @property
     def topic(self) -> str:
         return self.outbox.topic
 
+    @property
+    def listened(self) -> bool:
+        """Whether a subscription names our topic right now (a command is sent only then [P3])."""
+        return self.outbox.listened
+
     def publish(self, body: Any) -> Message:
         message, frames = self.outbox.publish(body)
-        send_frames(self.sock, frames)
+        self.send(self.sock, frames)
         return message
 
     def _on_subscription(self, frames: list[bytes]) -> None:
@@ -287,7 +348,7 @@ class Publisher:
 
     def _answer(self) -> None:
         for frames in self.outbox.answer():
-            send_frames(self.sock, frames)
+            self.send(self.sock, frames)
 
     def _answer_due(self) -> None:
         self.answer_held = None

@@ -127,7 +127,7 @@ def main(me: Identity, spec: BrokerConfig) -> int:
 
     answers = Answers(config.heartbeat_interval)
     held: list[object] = []  # the timer for the answers held, if one is set
-    loop.on_message(from_publishers, forward, peer=policy is not None)
-    loop.on_message(to_subscribers, on_subscription)
+    loop.watch(from_publishers, forward, peer=policy is not None)
+    loop.watch(to_subscribers, on_subscription)
     loop.every(config.heartbeat_interval, expire)
     return loop.run()

@@ -34,8 +34,8 @@ from smarthome.core.config import (
 from smarthome.core.envelope import HEARTBEAT_TOPIC, LightState, Message
 from smarthome.core.identity import Identity
 from smarthome.core.keys import token_file, token_names
+from smarthome.core.problems import explain
 from smarthome.core.runtime import Loop
-from smarthome.core.schema import explain
 
 CONFIG_DIR_ENV = "SMARTHOME_CONFIG_DIR"  # also the directory compose mounts into the containers
 DEFAULT_CONFIG = "smarthome.yml"

@@ -23,19 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import zmq
-import zmq.asyncio
 from aiohttp import WSCloseCode, WSMessage, web
-from zmq.auth.asyncio import AsyncioAuthenticator
 
+from smarthome.core.asyncio_loop import AsyncioLoop
 from smarthome.core.config import WebConfig
 from smarthome.core.envelope import HEARTBEAT_TOPIC, LightState, Message
-from smarthome.core.identity import HEALTH_TOUCH_EVERY, Identity
+from smarthome.core.identity import Identity
 from smarthome.core.logs import peer_warnings
-from smarthome.core.messaging import Outbox, Subscriber, Subscription
+from smarthome.core.messaging import Outbox
+from smarthome.core.problems import explain
 from smarthome.core.protocol import Kind
-from smarthome.core.schema import explain
-from smarthome.core.sockets import Handler, Sockets, guarded
 from smarthome.web.guard import Guard, TokenBucket, access_token, listen_host
 
 log = logging.getLogger(__name__)
@@ -66,7 +63,7 @@ class Browser:
 
 
 class Forwarder:
-    """The zmq side and the browser side on one asyncio loop; every background task is supervised."""
+    """The zmq side (on an AsyncioLoop, like every service's on its Loop) and the browser side, on one asyncio loop."""
 
     def __init__(self, me: Identity, spec: WebConfig) -> None:
         self.me = me
@@ -76,82 +73,32 @@ class Forwarder:
         self.latest: dict[tuple[str, str], str] = {}  # (topic, sender) -> newest state: a new page starts complete
         self.online: dict[str, bool] = {}  # sender -> shown online; gone senders stay a while, shown offline [V3]
         self.gone_at: dict[str, float] = {}  # sender shown offline -> when it went, least recent first
-        commands = spec.commands.topic
-        self.commands = Outbox(me, commands, me.config.topics[commands])  # the light button's, and who listens
         self.events = Outbox(me, "presence", Kind.EVENT)  # the forwarder's own events to browsers: presence, error
-        self.subscriber = Subscriber(spec.name, me.config, spec.subscribe.topics, None, on_gap=self.counted)
         self.body_types = {topic: me.config.body_type(topic) for topic in me.config.topics}
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.done = asyncio.Event()  # set by SIGTERM/SIGINT, or by a background task that died
-        self.failed = False
+        self.loop = AsyncioLoop(me)
+        self.done = self.loop.done  # set by SIGTERM/SIGINT, or by a background task that died
+
+    @property
+    def failed(self) -> bool:
+        return self.loop.failed
 
     # --- zmq side ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Open the zmq sockets on this event loop and start the background tasks."""
-        self.context = zmq.asyncio.Context()
-        loop = asyncio.get_running_loop()
-        self.sockets = sockets = Sockets(
-            self.context, self.me, self.watch, loop.call_later, loop.call_soon_threadsafe, zap=AsyncioAuthenticator
+        loop = self.loop
+        loop.open()
+        self.subscriber = loop.subscribe(
+            self.spec.subscribe, None, self.on_message, on_gone=self.gone, on_gap=self.counted, heartbeats=True
         )
-        self.subscriber.policy = sockets.policy
-        sockets.subscribe(self.spec.subscribe, self.subscriber, self.on_frames)
-        # Its subscription events tell whether a light switch listens right now.
-        self.commands_sock = sockets.publisher(self.spec.commands)
-        self.watch(self.commands_sock, self.on_command_subscription)
-        self.spawn(self.repeat(self.me.config.heartbeat_interval, self.check_presence))
-        self.spawn(self.repeat(self.me.config.heartbeat_interval, self.heartbeat))
-        self.spawn(self.repeat(HEALTH_TOUCH_EVERY, self.me.health.touch))
+        self.commands = loop.publisher(self.spec.commands)  # the light button's; it knows whether a switch listens
+        loop.every(self.me.config.heartbeat_interval, self.forget_gone)
         self.me.health.touch()
 
     async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.sockets.keys:
-            self.sockets.zap.stop()
-        self.context.destroy()
-        self.me.health.remove()
+        await self.loop.close()
 
-    def spawn(self, coroutine: Any) -> None:
-        task = asyncio.create_task(coroutine)
-        self.tasks.add(task)
-        task.add_done_callback(self._task_ended)
-
-    def _task_ended(self, task: asyncio.Task[None]) -> None:
-        # A task never ends by itself: one that died would leave a live process that silently stopped working.
-        if not task.cancelled() and task.exception():
-            log.error("%s stopping: a background task died: %r", self.spec.name, task.exception())
-            self.failed = True
-            self.done.set()
-
-    def watch(self, sock: zmq.asyncio.Socket, handler: Handler, peer: bool = False) -> None:
-        """How the socket factory reads a socket on this loop: handler(frames) for each message, or with
-        `peer` handler(frames, user_id), the name of the key the peer authenticated with."""
-
-        handle = guarded(self.spec.name, handler)
-
-        async def read() -> None:
-            while True:
-                if not peer:
-                    handle(await sock.recv_multipart())
-                    continue
-                frames = await sock.recv_multipart(copy=False)
-                handle([frame.bytes for frame in frames], frames[0].get("User-Id"))
-
-        self.spawn(read())
-
-    @staticmethod
-    async def repeat(period: float, callback: Any) -> None:
-        while True:
-            await asyncio.sleep(period)  # a periodic job on the event loop, not synchronisation
-            callback()
-
-    def on_frames(self, frames: list[bytes], peer: str | None) -> None:
-        accepted = self.subscriber.accept(frames, peer)
-        if not accepted:
-            return
-        message, _ = accepted
+    def on_message(self, message: Message, _: None) -> None:
         self.seen(message.sender)
         if message.topic != HEARTBEAT_TOPIC and (typed := self.typed(message)):  # heartbeats only feed presence
             self.send_all(typed)
@@ -173,16 +120,6 @@ class Forwarder:
             return None
         return msgspec.structs.replace(message, body=body)
 
-    def on_command_subscription(self, frames: list[bytes]) -> None:
-        if subscription := Subscription.parse(frames):
-            self.commands.heard(subscription)
-            if subscription.on and self.commands.concerns(subscription):
-                for answer in self.commands.answer():  # [P2] a heartbeat: our life is known before a command
-                    self.commands_sock.send_multipart(answer)
-
-    def heartbeat(self) -> None:
-        self.commands_sock.send_multipart(self.commands.heartbeat())  # like every publisher: alive, and its seq
-
     def seen(self, sender: str) -> None:
         if not self.online.get(sender):
             self.online[sender] = True
@@ -194,15 +131,16 @@ class Forwarder:
         if self.online.get(sender):
             self.send_all(self.presence(sender))
 
-    def check_presence(self) -> None:
+    def gone(self, sender: str) -> None:
+        """[F1] A sender forgotten: shown offline, and kept a while in the opening view [V3]."""
+        self.online[sender] = False
+        self.gone_at[sender] = time.monotonic()
+        self.send_all(self.presence(sender))
+
+    def forget_gone(self) -> None:
+        """[V3] The gone leave the opening view in time, and the least recently gone first past GONE_SHOWN (the
+        alive are at most MAX_SENDERS: the receiver forgets past that [F3])."""
         now = time.monotonic()
-        for sender in self.subscriber.expire():  # [F1]
-            self.online[sender] = False
-            self.gone_at[sender] = now
-            log.info("%s %s is offline", self.spec.name, sender)
-            self.send_all(self.presence(sender))
-        # [V3] The gone leave the opening view in time, and the least recently gone first past GONE_SHOWN (the
-        # alive are at most MAX_SENDERS: the receiver forgets past that [F3]).
         while self.gone_at and (
             len(self.gone_at) > GONE_SHOWN or next(iter(self.gone_at.values())) < now - GONE_SHOWN_FOR
         ):
@@ -304,8 +242,7 @@ class Forwarder:
         if not self.commands.listened:
             self.offer(browser, as_json(self.error_event({"error": "no light switch is listening"})))
             return
-        _, frames = self.commands.publish(state)
-        self.commands_sock.send_multipart(frames)
+        self.commands.publish(state)
         log.info("%s browser %s switched the light %s", self.spec.name, browser.peer, state.state)
 
 

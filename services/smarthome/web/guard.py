@@ -34,7 +34,7 @@ from typing import NoReturn
 from aiohttp import WSMessage, WSMsgType, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from smarthome.core.config import LOOPBACK_ENV, Config, ConfigError, WebConfig
+from smarthome.core.config import LOOPBACK_ENV, Config, SetupError, WebConfig
 from smarthome.core.envelope import TOPIC
 from smarthome.core.keys import KeyRing, keys_dir, token_file
 from smarthome.core.logs import LimitedLines
@@ -124,6 +124,12 @@ class RequestErrors(logging.LoggerAdapter):
             self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)  # type: ignore[arg-type]
 
 
+class AccessTokenError(SetupError):
+    """The dashboard's access token cannot be had: FILE: PROBLEM."""
+
+    kind = "access token error"
+
+
 def access_token(config: Config, name: str) -> bytes:
     """The dashboard's token (keys.token_file), made on first start if it is the one beside the keys, like the
     keys (in compose the `keys` service has made it)."""
@@ -134,9 +140,9 @@ def access_token(config: Config, name: str) -> bytes:
             ring.ensure_token(name)
         token = path.read_text(encoding="utf-8").strip().encode()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, "", f"cannot read the access token: {exc}") from None
+        raise AccessTokenError(str(path), "", f"cannot read the access token: {exc}") from None
     if len(token) < MIN_TOKEN_CHARS:
-        raise ConfigError(path, "", f"the access token needs {MIN_TOKEN_CHARS} characters or more")
+        raise AccessTokenError(str(path), "", f"the access token needs {MIN_TOKEN_CHARS} characters or more")
     return token
 
 
