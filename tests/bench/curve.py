@@ -39,7 +39,7 @@ class Pad(msgspec.Struct):
 def config(curve: bool, endpoint: str) -> Config:
     publisher = LightSwitchConfig("PUB", Publish("bench", bind=endpoint), toggle_period=0)
     zmtp = Zmtp(heartbeat_ivl=1, heartbeat_timeout=10, heartbeat_ttl=10)
-    return Config("bench", 1 << 20, 3600, 3, zmtp, {"bench": Kind.STATE}, {"bench-pub": publisher}, curve)
+    return Config(1 << 20, 3600, 3, zmtp, {"bench": Kind.STATE}, {"bench-pub": publisher}, curve, path="bench")
 
 
 def publish(curve: bool, endpoint: str, count: int, size: int) -> None:

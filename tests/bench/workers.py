@@ -64,7 +64,7 @@ class Ours:
 
         # Heartbeats once an hour: never, here. No CurveZMQ, like the other rows (tests/bench/curve.py has its cost).
         zmtp = Zmtp(heartbeat_ivl=1, heartbeat_timeout=10, heartbeat_ttl=10)
-        config = Config("bench", 1 << 20, 3600, 3, zmtp, topics={topic: Kind.STATE}, services={}, curve=False)
+        config = Config(1 << 20, 3600, 3, zmtp, {topic: Kind.STATE}, services={}, curve=False, path="bench")
         me = Identity(name, config)
         self.service = Loop(me)
         self.sender = me.sender
