@@ -14,16 +14,12 @@ import multiprocessing
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import msgspec
 import zmq
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "services"))
-
 from smarthome.core.config import Config, LightSwitchConfig, Publish, Subscribe, Zmtp
 from smarthome.core.identity import Identity
 from smarthome.core.protocol import Kind

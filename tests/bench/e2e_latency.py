@@ -30,8 +30,6 @@ from pathlib import Path
 
 import docker
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import ROOT, bar_chart, docker_version, header, load, percentile, table, write
 
 PERIOD = 0.05  # seconds between toggles: far above any answer time, so toggles never overlap

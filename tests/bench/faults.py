@@ -59,7 +59,7 @@ import yaml
 import zmq
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' helpers (support.py): the compose stack and its faults
 
 import smarthome  # noqa: E402
 from smarthome.core.config import LightSwitchConfig, load_config  # noqa: E402

@@ -20,11 +20,8 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import zmq
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import header, load, median, percentile, table, write
 from smarthome.core.envelope import Message, decode, encode
 from smarthome.core.logs import HoldingLogger, TextFormatter, held_lines

@@ -16,7 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import RESULTS, ROOT, docker_version, header, write
 
 BENCH = Path(__file__).resolve().parent

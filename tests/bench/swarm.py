@@ -30,20 +30,14 @@ from pathlib import Path
 
 import yaml
 import zmq
-
-# The repo's services/ when run from a checkout.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "services"))
-
+from benchlib import RESULTS, ROOT, docker_version, header
 from smarthome.core.config import load_config
 from smarthome.core.envelope import decode
 from smarthome.core.identity import Identity
 from smarthome.core.messaging import Outbox
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the tests' helpers (support.py)
 from support import with_key
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import RESULTS, ROOT, docker_version, header
 
 COMMANDS = "tcp://127.0.0.1:5559"  # the broker's publisher port: our light commands go in here
 VIEWS = "tcp://127.0.0.1:5560"  # its subscriber port: the mirror's view comes out here

@@ -45,8 +45,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import (
     ROOT,
     bar_chart,

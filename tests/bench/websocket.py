@@ -26,13 +26,11 @@ import aiohttp
 import yaml
 import zmq
 import zmq.asyncio
+from benchlib import free_port, wait_for_port  # this directory: the benchmarks' shared code
+from smarthome.core.envelope import Message, encode
+from smarthome.web.guard import TOKEN_COOKIE
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "services"))
-
-from benchlib import free_port, wait_for_port  # noqa: E402 (this directory: the benchmarks' shared code)
-from smarthome.core.envelope import Message, encode  # noqa: E402
-from smarthome.web.guard import TOKEN_COOKIE  # noqa: E402
 
 LATENCY_RATE = 200  # msg/s
 LATENCY_SECONDS = 5

@@ -30,13 +30,9 @@ import sys
 import time
 from collections.abc import Callable
 from itertools import pairwise
-from pathlib import Path
 
 import msgspec
 import zmq
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "services"))
-
 from smarthome.core.envelope import Message, decode, encode
 
 IDLE = 0.5  # seconds without a message after which a collect reports what it has
