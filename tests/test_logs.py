@@ -51,7 +51,7 @@ def test_held_lines_are_written_in_order_at_each_flush_and_at_the_end() -> None:
 
 def test_other_libraries_loggers_are_left_as_they_are() -> None:
     log, out = stream_logger()
-    theirs = logging.getLogger("aiohttp.access")
+    theirs = logging.getLogger("otherlib.worker")  # a library of the process, not ours
     with held_lines():
         log.info("ours")
         theirs.info("theirs")
