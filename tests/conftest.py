@@ -15,10 +15,16 @@ from typing import TYPE_CHECKING
 import pytest
 import zmq
 import zmq.asyncio
-from support import ServiceProcess, Stack, unavailable
+from support.base import unavailable
+from support.processes import ServiceProcess
+from support.stack import HEALTHCHECK_INTERVAL, Stack
 
 if TYPE_CHECKING:
     import docker
+
+# The Docker tier waits on health (`up --wait`, restarts, swarm updates): its stacks are checked every second,
+# not every 30 s as compose ships it (there, each check's cost in the engine matters more than a quick first one).
+os.environ.setdefault(HEALTHCHECK_INTERVAL, "1s")
 
 # Docker-tier modules that import its wheels at module level: without the wheel, leave them out (in CI,
 # where every tier must run, they stay and fail).

@@ -18,23 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import (
-    ALL_IDLE,
-    ALL_READY,
-    BROKER_CONFIG,
-    BROKER_ROUTINE,
-    HOST,
-    ROOT,
-    SHIPPED_CONFIG,
-    SMARTHOME,
-    ServiceProcess,
-    Stack,
-    endpoint,
-    free_port,
-    loopback_config,
-    smarthome,
-    smarthome_env,
-)
+from support.base import ALL_IDLE, ALL_READY, BROKER_CONFIG, BROKER_ROUTINE, HOST, ROOT, SHIPPED_CONFIG, SMARTHOME
+from support.processes import ServiceProcess, endpoint, free_port, loopback_config, smarthome, smarthome_env
+from support.stack import Stack
 
 Start = Callable[..., ServiceProcess]
 TEXT = {"capture_output": True, "text": True, "timeout": 60}

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from smarthome.core.config import ApplianceConfig, ConfigError, load_config
-from support import BROKER_CONFIG, SHIPPED_CONFIG, smarthome
+from support.base import BROKER_CONFIG, SHIPPED_CONFIG
+from support.processes import smarthome
 
 
 def test_broker_config_loads() -> None:

@@ -21,7 +21,10 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from support import ALL_READY, CHROMIUM, CHROMIUM_ARGS, ROOT, SHIPPED_CONFIG, Stack, free_port, smarthome, unavailable
+from support.base import ALL_READY, ROOT, SHIPPED_CONFIG, unavailable
+from support.browser import CHROMIUM, CHROMIUM_ARGS
+from support.processes import free_port, smarthome
+from support.stack import Stack
 
 pytestmark = pytest.mark.docker
 

@@ -22,22 +22,18 @@ import zmq
 from smarthome.core.envelope import Message, encode
 from smarthome.core.protocol import RESYNC_MAX
 from smarthome.web.forwarder import GONE_SHOWN
-from support import (
+from support.base import (
     ALL_IDLE,
     ALL_READY,
     BROKER_CONFIG,
     DEADLINE,
     HOST,
     SHIPPED_CONFIG,
-    ServiceProcess,
-    as_page,
-    endpoint,
-    loopback_config,
-    smarthome,
     wait_until,
     wait_until_async,
-    with_key,
 )
+from support.peers import as_page, with_key
+from support.processes import ServiceProcess, endpoint, loopback_config, smarthome
 
 Start = Callable[..., ServiceProcess]
 FAST = {"heartbeat_interval": 0.2, "offline_after": 3, "zmtp.heartbeat_ivl": 0.2, "zmtp.heartbeat_timeout": 0.6}

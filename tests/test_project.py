@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import smarthome
 import yaml
-from support import BROKER_CONFIG, ROOT, SHIPPED_CONFIG, loopback_config
+from support.base import BROKER_CONFIG, ROOT, SHIPPED_CONFIG
+from support.processes import loopback_config
 
 
 def readme_commands() -> list[str]:

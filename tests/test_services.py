@@ -14,18 +14,9 @@ from smarthome.core.config import load_config
 from smarthome.core.envelope import Message, encode
 from smarthome.core.identity import Identity
 from smarthome.core.runtime import Loop
-from support import (
-    ALL_READY,
-    BROKER_CONFIG,
-    LABELS,
-    SHIPPED_CONFIG,
-    ServiceProcess,
-    endpoint,
-    listener,
-    loopback_config,
-    wait_until,
-    with_key,
-)
+from support.base import ALL_READY, BROKER_CONFIG, LABELS, SHIPPED_CONFIG, wait_until
+from support.peers import listener, with_key
+from support.processes import ServiceProcess, endpoint, loopback_config
 
 Start = Callable[[str, Path], ServiceProcess]
 ORDERS = {

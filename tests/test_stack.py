@@ -13,7 +13,10 @@ import json
 
 import aiohttp
 import pytest
-from support import ALL_READY, BROKER_CONFIG, BROKER_FILES, ROOT, Stack, as_page, mirror_shows, smarthome, wait_until
+from support.base import ALL_READY, BROKER_CONFIG, ROOT, wait_until
+from support.peers import as_page
+from support.processes import smarthome
+from support.stack import BROKER_FILES, Stack, mirror_shows
 
 pytestmark = pytest.mark.docker
 

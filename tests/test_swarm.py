@@ -21,7 +21,8 @@ from collections.abc import Iterator
 
 import docker
 import pytest
-from support import ALL_READY, BROKER_CONFIG, ROOT, smarthome, unavailable, wait_until
+from support.base import ALL_READY, BROKER_CONFIG, ROOT, unavailable, wait_until
+from support.processes import smarthome
 
 pytestmark = pytest.mark.docker
 

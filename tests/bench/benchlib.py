@@ -25,8 +25,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def free_port() -> int:
-    """A free loopback port. Not tests/support.py's: importing it sets the Docker tier's 1 s healthchecks in
-    os.environ, which would change what e2e_latency and stack_lifecycle measure as shipped."""
+    """A free loopback port, for a benchmark's own processes, which start at once (the tests' free_port, in
+    support/processes.py, keeps clear of the ephemeral range for services that bind later)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -59,29 +59,17 @@ import yaml
 import zmq
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))  # the tests' helpers (support.py): the compose stack and its faults
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' helpers (support/): the compose stack and its faults
 
 import smarthome  # noqa: E402
 from smarthome.core.config import LightSwitchConfig, load_config  # noqa: E402
 from smarthome.core.identity import TOOLS, Identity  # noqa: E402
 from smarthome.core.messaging import Outbox, send_frames  # noqa: E402
 from smarthome.tools.cli import publish_endpoint  # noqa: E402
-from support import (  # noqa: E402
-    CUT_FROM,
-    CUT_TO,
-    DNS_OUTAGE,
-    WIRINGS,
-    Stack,
-    delayed,
-    firewalled,
-    kill_service,
-    lossy,
-    partitioned,
-    paused,
-    poll,
-    stamp,
-    with_key,
-)
+from support.base import poll, stamp  # noqa: E402
+from support.faults import CUT_FROM, CUT_TO, DNS_OUTAGE, delayed, firewalled, kill_service, lossy, partitioned, paused  # noqa: E402
+from support.peers import with_key  # noqa: E402
+from support.stack import HEALTHCHECK_INTERVAL, WIRINGS, Stack  # noqa: E402
 
 LOAD_RATE = 200  # light-set commands per second, all run long
 FAULT_SECONDS = 5.0  # how long a pause or a partition lasts: longer than offline_after (3 s), so peers drop it
@@ -548,6 +536,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         zero_prep_configs(Path(directory))
         os.environ["SMARTHOME_CONFIG_DIR"] = directory  # compose mounts it; the tools read it
+        os.environ.setdefault(HEALTHCHECK_INTERVAL, "1s")  # health checked every second: `up --wait` returns sooner
         os.environ["SMARTHOME_KEYS"] = str(ROOT / "keys")  # the keys compose made, the tools' own among them
         for wiring in ["broker"] if quick else list(WIRINGS):
             steps = [

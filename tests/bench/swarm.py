@@ -36,8 +36,8 @@ from smarthome.core.envelope import decode
 from smarthome.core.identity import Identity
 from smarthome.core.messaging import Outbox
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the tests' helpers (support.py)
-from support import with_key
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the tests' helpers (support/)
+from support.peers import with_key
 
 COMMANDS = "tcp://127.0.0.1:5559"  # the broker's publisher port: our light commands go in here
 VIEWS = "tcp://127.0.0.1:5560"  # its subscriber port: the mirror's view comes out here
