@@ -140,10 +140,11 @@ def test_one_service_refused_instances_do_not_hide_another_services(tmp_path: Pa
     _, out = stream_logger()
     config = load_config(loopback_config(tmp_path, max_instances=1))
     subscriber = Subscriber("MIRROR", config, ["coffee", "toast"], None)
-    flood = [("toaster", "toast")] * (LINES_PER_SECOND + 5) + [("coffee-maker", "coffee")] * 2
+    toasters = 3 * LINES_PER_SECOND + 1  # more than two seconds' allowance: the flood may span a second's turn
+    flood = [("toaster", "toast")] * toasters + [("coffee-maker", "coffee")] * 2
     for instance, (service, topic) in enumerate(flood):
         heartbeat = Message(HEARTBEAT_TOPIC, f"{service}@{instance}", 7, 0, time.time(), {"for": topic})
         subscriber.accept(encode(heartbeat))
     said = out.getvalue()
-    assert said.count("MIRROR refused toaster@") < LINES_PER_SECOND + 4, said  # held back past its share
+    assert said.count("MIRROR refused toaster@") <= 2 * LINES_PER_SECOND, said  # held back past its share
     assert "MIRROR refused coffee-maker@" in said, said  # the coffee maker's own share
