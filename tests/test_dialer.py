@@ -9,6 +9,7 @@ tests/test_names.py runs whole services by name; the Docker tier, a resolver tha
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,13 +101,30 @@ def test_only_a_tcp_endpoint_that_names_its_host_is_looked_up(endpoint: str, nam
     assert by_name(endpoint) is named
 
 
-def test_a_name_is_given_to_libzmq_as_its_address(loop: Loop, context: zmq.Context) -> None:
+def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records]
+
+
+def refusal(host: str) -> str:
+    """What the C library says when it will not look `host` up."""
+    try:
+        socket.getaddrinfo(host, 1, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return exc.strerror
+    raise AssertionError(f"{host!r} resolved")
+
+
+def test_a_name_is_given_to_libzmq_as_its_address(
+    loop: Loop, context: zmq.Context, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     port = free_port()
     pub = publisher(context, f"tcp://127.0.0.1:{port}")
     dialer, sock = dialer_on(loop, f"tcp://localhost:{port}")
     dialer.start()
     assert run_steps(loop, (received(pub, sock), nothing)) == 1
     assert dialer.address == f"tcp://127.0.0.1:{port}" and dialer.connected
+    assert f"MIRROR connected to tcp://localhost:{port}" in messages(caplog)  # named as the config names it
 
 
 def test_an_address_is_connected_at_once_and_never_looked_up(loop: Loop, context: zmq.Context) -> None:
@@ -129,9 +147,9 @@ def test_a_name_that_does_not_resolve_is_looked_up_again_and_logged_once(
     assert run_steps(loop, (lambda: dialer.looked_up > first and dialer.lookups == 0, nothing), seconds=5) == 1
     # looked up again, a LOOKUP_EVERY later
     assert dialer.address is None and not dialer.connected
-    lines = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
-    assert len(lines) == 1, lines  # the resolver's own words follow (they differ between C libraries)
-    assert lines[0].startswith(f"MIRROR cannot reach tcp://{UNRESOLVABLE}:5556 yet, retrying ({UNRESOLVABLE}: ")
+    lines = [line for line in messages(caplog) if "cannot reach" in line]
+    reason = refusal(UNRESOLVABLE)  # the C library's own words: they differ between libraries
+    assert lines == [f"MIRROR cannot reach tcp://{UNRESOLVABLE}:5556 yet, retrying ({UNRESOLVABLE}: {reason})"]
 
 
 def test_the_socket_follows_a_name_to_a_new_address_and_only_then(
@@ -178,4 +196,23 @@ def test_the_socket_follows_a_name_to_a_new_address_and_only_then(
         "followed": f"tcp://127.0.0.3:{port}",
         "stayed": f"tcp://127.0.0.3:{port}",
     }
-    assert f"MIRROR follows tcp://{UNRESOLVABLE}:{port} to 127.0.0.3" in caplog.text
+    said = messages(caplog)
+    assert f"MIRROR follows tcp://{UNRESOLVABLE}:{port} to 127.0.0.3" in said
+    lost = said.index(f"MIRROR lost tcp://{UNRESOLVABLE}:{port}, reconnecting")
+    assert any("cannot reach" in line for line in said[lost:]), said  # told again once lost after connecting
+
+
+def test_a_peer_that_fails_the_handshake_is_one_warning_and_looked_up_again(
+    loop: Loop, context: zmq.Context, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    port = free_port()
+    server = publisher(context, f"tcp://127.0.0.1:{port}")  # no CurveZMQ: a CurveZMQ client's handshake fails
+    dialer, sock = dialer_on(loop, f"tcp://localhost:{port}")
+    sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+    sock.curve_serverkey = zmq.curve_keypair()[0]
+    dialer.start()
+    failed = f"MIRROR could not open a session with tcp://localhost:{port} (ZMTP or CurveZMQ handshake)"
+    assert run_steps(loop, (lambda: failed in messages(caplog), nothing)) == 1, messages(caplog)
+    assert not dialer.connected and dialer.next_lookup is not None  # the name is looked up again
+    server.close()
