@@ -37,6 +37,7 @@ class AsyncioLoop(Runtime):
         self.running = asyncio.get_running_loop()  # kept: call_soon_threadsafe comes from other threads
         self.context = zmq.asyncio.Context()
         self._open(self.context, zap=AsyncioAuthenticator)
+        self.me.health.touch()  # running, as the poller Loop's run() says it at its start
 
     async def close(self) -> None:
         for task in self.tasks:

@@ -67,6 +67,7 @@ class Dialer:
         self.server_key = server_key  # CurveZMQ: pinned anew on each connect (a socket keeps the last one set)
         parts = urlsplit(endpoint)
         self.host, self.port = parts.hostname or "", parts.port
+        self.named = by_name(endpoint)  # else an address already (the host tools' 127.0.0.1): never looked up
         self.address: str | None = None  # what libzmq was given: tcp://address:port
         self.connected = False
         self.retrying = False  # reported unreachable: retries are logged once, until it connects
@@ -75,9 +76,9 @@ class Dialer:
         self.next_lookup: Any = None  # the pending timer of the next lookup
 
     def start(self) -> None:
-        if by_name(self.endpoint):
+        if self.named:
             self._lookup_due()
-        else:  # an address already (the host tools' 127.0.0.1): libzmq needs no lookup
+        else:
             self._connect(self.endpoint)
 
     def record(self, frames: list[bytes]) -> None:
@@ -100,7 +101,7 @@ class Dialer:
             self._unreachable()
         else:
             log.warning("%s could not open a session with %s (ZMTP or CurveZMQ handshake)", self.label, self.endpoint)
-        if by_name(self.endpoint) and not self.next_lookup:
+        if self.named and not self.next_lookup:
             wait = self.looked_up + LOOKUP_EVERY - time.monotonic()
             self.next_lookup = self.later(max(0.0, wait), self._lookup_due)
 

@@ -93,7 +93,6 @@ class Forwarder:
         )
         self.commands = loop.publisher(self.spec.commands)  # the light button's; it knows whether a switch listens
         loop.every(self.me.config.heartbeat_interval, self.forget_gone)
-        self.me.health.touch()
 
     async def stop(self) -> None:
         await self.loop.close()
