@@ -1,6 +1,6 @@
 """Benchmark: publish-to-browser latency through the WebSocket forwarder, and the rate it sustains.
 
-    .venv/bin/python tests/bench/websocket.py
+    .venv/bin/python -m tests.bench.websocket
 
 Runs the real forwarder (`smarthome run web`, loopback) fed by a publisher in this process, with
 aiohttp WebSocket clients in this process. In one run:
@@ -26,9 +26,10 @@ import aiohttp
 import yaml
 import zmq
 import zmq.asyncio
-from benchlib import free_port, wait_for_port  # this directory: the benchmarks' shared code
 from smarthome.core.envelope import Message, encode
 from smarthome.web.guard import TOKEN_COOKIE
+
+from tests.bench.benchlib import free_port, wait_for_port  # this directory: the benchmarks' shared code
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,7 +91,7 @@ class Feed:
         total = int(rate * seconds)
         for i in range(total):
             self.seq += 1
-            message = Message("toast", "bench@feed", 1, self.seq, time.time(), {"status": True})
+            message = Message("toast", "feed@bench", 1, self.seq, time.time(), {"state": "ON"})  # as a light switch
             await self.sock.send_multipart(encode(message))
             ahead = started + (i + 1) / rate - time.perf_counter()
             if ahead > 0:
