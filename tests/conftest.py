@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 import pytest
 import zmq
 import zmq.asyncio
-from support.base import unavailable
-from support.processes import ServiceProcess
-from support.stack import HEALTHCHECK_INTERVAL, Stack
+
+from tests.support.base import unavailable
+from tests.support.processes import ServiceProcess
+from tests.support.stack import HEALTHCHECK_INTERVAL, Stack
 
 if TYPE_CHECKING:
     import docker

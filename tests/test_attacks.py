@@ -21,9 +21,10 @@ import zmq
 from smarthome.core.envelope import Message, encode
 from smarthome.core.protocol import ANSWER_BURST, MAX_INSTANCES
 from smarthome.core.sockets import SUBSCRIPTION_LINES_PER_SECOND
-from support.base import ALL_IDLE, ALL_READY, BROKER_CONFIG, DEADLINE, HOST, SHIPPED_CONFIG, wait_until
-from support.peers import with_key
-from support.processes import ServiceProcess, endpoint, loopback_config, smarthome
+
+from tests.support.base import ALL_IDLE, ALL_READY, BROKER_CONFIG, DEADLINE, HOST, SHIPPED_CONFIG, wait_until
+from tests.support.peers import with_key
+from tests.support.processes import ServiceProcess, endpoint, loopback_config, smarthome
 
 Start = Callable[..., ServiceProcess]
 FUZZ_MESSAGES = 10_000  # per bound endpoint

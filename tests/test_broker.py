@@ -15,9 +15,10 @@ import yaml
 import zmq
 from smarthome.core.envelope import Message, encode
 from smarthome.core.protocol import RESYNC_MAX
-from support.base import ALL_READY, BROKER_CONFIG, BROKER_ROUTINE, DEADLINE, HOST, wait_until, wait_until_async
-from support.peers import as_page, with_key
-from support.processes import ServiceProcess, endpoint, loopback_config
+
+from tests.support.base import ALL_READY, BROKER_CONFIG, BROKER_ROUTINE, DEADLINE, HOST, wait_until, wait_until_async
+from tests.support.peers import as_page, with_key
+from tests.support.processes import ServiceProcess, endpoint, loopback_config
 
 Start = Callable[..., ServiceProcess]
 

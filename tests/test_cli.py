@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.base import ALL_IDLE, ALL_READY, BROKER_CONFIG, BROKER_ROUTINE, HOST, ROOT, SHIPPED_CONFIG, SMARTHOME
-from support.processes import ServiceProcess, endpoint, free_port, loopback_config, smarthome, smarthome_env
-from support.stack import Stack
+
+from tests.support.base import ALL_IDLE, ALL_READY, BROKER_CONFIG, BROKER_ROUTINE, HOST, ROOT, SHIPPED_CONFIG, SMARTHOME
+from tests.support.processes import ServiceProcess, endpoint, free_port, loopback_config, smarthome, smarthome_env
+from tests.support.stack import Stack
 
 Start = Callable[..., ServiceProcess]
 TEXT = {"capture_output": True, "text": True, "timeout": 60}

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from smarthome.core.config import ApplianceConfig, ConfigError, load_config
-from support.base import BROKER_CONFIG, SHIPPED_CONFIG
-from support.processes import smarthome
+
+from tests.support.base import BROKER_CONFIG, SHIPPED_CONFIG
+from tests.support.processes import smarthome
 
 
 def test_broker_config_loads() -> None:

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from support.base import ALL_READY, ROOT, SHIPPED_CONFIG, unavailable
-from support.browser import CHROMIUM, CHROMIUM_ARGS
-from support.processes import free_port, smarthome
-from support.stack import Stack
+
+from tests.support.base import ALL_READY, ROOT, SHIPPED_CONFIG, unavailable
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.processes import free_port, smarthome
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.docker
 

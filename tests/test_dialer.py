@@ -19,7 +19,8 @@ from smarthome.core.config import load_config
 from smarthome.core.dialer import EVENTS, Dialer, by_name
 from smarthome.core.identity import Identity
 from smarthome.core.runtime import Loop
-from support.processes import free_port, loopback_config
+
+from tests.support.processes import free_port, loopback_config
 
 UNRESOLVABLE = "no such host"  # getaddrinfo refuses it at once, asking no resolver
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import zmq
-from support.base import ALL_READY, BROKER_CONFIG, HOST, wait_until
-from support.peers import listener
-from support.processes import ServiceProcess, endpoint, loopback_config
+
+from tests.support.base import ALL_READY, BROKER_CONFIG, HOST, wait_until
+from tests.support.peers import listener
+from tests.support.processes import ServiceProcess, endpoint, loopback_config
 
 Start = Callable[..., ServiceProcess]
 FAST = {"heartbeat_interval": 0.2, "offline_after": 3, "zmtp.heartbeat_ivl": 0.2, "zmtp.heartbeat_timeout": 0.6}

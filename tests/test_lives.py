@@ -22,7 +22,8 @@ import zmq
 from smarthome.core.envelope import Message, encode
 from smarthome.core.protocol import RESYNC_MAX
 from smarthome.web.forwarder import GONE_SHOWN
-from support.base import (
+
+from tests.support.base import (
     ALL_IDLE,
     ALL_READY,
     BROKER_CONFIG,
@@ -32,8 +33,8 @@ from support.base import (
     wait_until,
     wait_until_async,
 )
-from support.peers import as_page, with_key
-from support.processes import ServiceProcess, endpoint, loopback_config, smarthome
+from tests.support.peers import as_page, with_key
+from tests.support.processes import ServiceProcess, endpoint, loopback_config, smarthome
 
 Start = Callable[..., ServiceProcess]
 FAST = {"heartbeat_interval": 0.2, "offline_after": 3, "zmtp.heartbeat_ivl": 0.2, "zmtp.heartbeat_timeout": 0.6}

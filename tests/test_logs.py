@@ -13,7 +13,8 @@ from smarthome.core.envelope import HEARTBEAT_TOPIC, Message, encode
 from smarthome.core.logs import LINES_PER_SECOND, PEERS_COUNTED, LimitedLines, TextFormatter, held_lines
 from smarthome.core.messaging import Subscriber
 from smarthome.core.sockets import guarded
-from support.processes import loopback_config
+
+from tests.support.processes import loopback_config
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from support.base import ALL_READY, unavailable
-from support.processes import ServiceProcess, loopback_config
+
+from tests.support.base import ALL_READY, unavailable
+from tests.support.processes import ServiceProcess, loopback_config
 
 HANGS = 60  # seconds a lookup waits on the silent resolver: far longer than any wait of the test
 SILENT_RESOLVER = "127.0.0.2"  # on loopback (all of 127/8 is), port 53: where the mirror sends its queries

@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable
 
 import pytest
-from support.base import ALL_IDLE, ALL_READY, SHIPPED_CONFIG, stamp, wait_until
-from support.faults import CUT_FROM, CUT_TO, DNS_OUTAGE, delayed, firewalled, lossy, paused
-from support.processes import smarthome
-from support.stack import Stack
+
+from tests.support.base import ALL_IDLE, ALL_READY, SHIPPED_CONFIG, stamp, wait_until
+from tests.support.faults import CUT_FROM, CUT_TO, DNS_OUTAGE, delayed, firewalled, lossy, paused
+from tests.support.processes import smarthome
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.docker
 RECOVERY = 3.0  # seconds from a fault's end to the true state (issue: worst <= 3 s)

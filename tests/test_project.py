@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import smarthome
 import yaml
-from support.base import BROKER_CONFIG, ROOT, SHIPPED_CONFIG
-from support.processes import loopback_config
+
+from tests.support.base import BROKER_CONFIG, ROOT, SHIPPED_CONFIG
+from tests.support.processes import loopback_config
 
 
 def readme_commands() -> list[str]:

@@ -18,9 +18,10 @@ import zmq
 from smarthome.core.envelope import Message, encode
 from smarthome.core.identity import TOOLS
 from smarthome.core.keys import KeyRing
-from support.base import BROKER_CONFIG, wait_until
-from support.peers import with_key
-from support.processes import ServiceProcess, endpoint, loopback_config
+
+from tests.support.base import BROKER_CONFIG, wait_until
+from tests.support.peers import with_key
+from tests.support.processes import ServiceProcess, endpoint, loopback_config
 
 Start = Callable[..., ServiceProcess]
 REFUSED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL

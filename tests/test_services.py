@@ -14,9 +14,10 @@ from smarthome.core.config import load_config
 from smarthome.core.envelope import Message, encode
 from smarthome.core.identity import Identity
 from smarthome.core.runtime import Loop
-from support.base import ALL_READY, BROKER_CONFIG, LABELS, SHIPPED_CONFIG, wait_until
-from support.peers import listener, with_key
-from support.processes import ServiceProcess, endpoint, loopback_config
+
+from tests.support.base import ALL_READY, BROKER_CONFIG, LABELS, SHIPPED_CONFIG, wait_until
+from tests.support.peers import listener, with_key
+from tests.support.processes import ServiceProcess, endpoint, loopback_config
 
 Start = Callable[[str, Path], ServiceProcess]
 ORDERS = {

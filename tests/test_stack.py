@@ -13,10 +13,11 @@ import json
 
 import aiohttp
 import pytest
-from support.base import ALL_READY, BROKER_CONFIG, ROOT, wait_until
-from support.peers import as_page
-from support.processes import smarthome
-from support.stack import BROKER_FILES, Stack, mirror_shows
+
+from tests.support.base import ALL_READY, BROKER_CONFIG, ROOT, wait_until
+from tests.support.peers import as_page
+from tests.support.processes import smarthome
+from tests.support.stack import BROKER_FILES, Stack, mirror_shows
 
 pytestmark = pytest.mark.docker
 

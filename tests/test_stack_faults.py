@@ -10,10 +10,11 @@ up and down, and a broker restart.
 from __future__ import annotations
 
 import pytest
-from support.base import ALL_IDLE, ALL_READY, BROKER_CONFIG, SHIPPED_CONFIG, wait_until
-from support.faults import kill_service, partitioned, paused, restarted_and_healthy
-from support.processes import smarthome
-from support.stack import WIRINGS, Stack, mirror_shows
+
+from tests.support.base import ALL_IDLE, ALL_READY, BROKER_CONFIG, SHIPPED_CONFIG, wait_until
+from tests.support.faults import kill_service, partitioned, paused, restarted_and_healthy
+from tests.support.processes import smarthome
+from tests.support.stack import WIRINGS, Stack, mirror_shows
 
 pytestmark = pytest.mark.docker
 HEAL = 60  # seconds any recovery may take before the test fails (the benchmark measures the real figure)

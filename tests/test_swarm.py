@@ -21,8 +21,9 @@ from collections.abc import Iterator
 
 import docker
 import pytest
-from support.base import ALL_READY, BROKER_CONFIG, ROOT, unavailable, wait_until
-from support.processes import smarthome
+
+from tests.support.base import ALL_READY, BROKER_CONFIG, ROOT, unavailable, wait_until
+from tests.support.processes import smarthome
 
 pytestmark = pytest.mark.docker
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from support.base import ROOT
+
+from tests.support.base import ROOT
 
 spec = importlib.util.spec_from_file_location("stack", ROOT / "swarm" / "stack.py")
 stack = importlib.util.module_from_spec(spec)

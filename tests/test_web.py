@@ -22,9 +22,10 @@ from smarthome.core.config import load_config
 from smarthome.core.envelope import Message, encode
 from smarthome.core.identity import Identity
 from smarthome.web.forwarder import FORWARDER, make_app
-from support.base import DEADLINE, wait_until_async
-from support.peers import as_page
-from support.processes import endpoint, free_port, loopback_config
+
+from tests.support.base import DEADLINE, wait_until_async
+from tests.support.peers import as_page
+from tests.support.processes import endpoint, free_port, loopback_config
 
 
 @pytest.fixture

@@ -27,11 +27,12 @@ from smarthome.core.identity import Identity
 from smarthome.core.logs import LINES_PER_SECOND
 from smarthome.web.forwarder import FORWARDER, MAX_COMMAND_BYTES, make_app
 from smarthome.web.guard import GUESSES_BURST, TOKEN_COOKIE, TOKEN_REQUIRED
-from support.base import DEADLINE, unavailable, wait_until_async
-from support.browser import CHROMIUM, CHROMIUM_ARGS
-from support.peers import as_page, dashboard_token
-from support.processes import free_port, loopback_config
-from test_web import Appliances, next_error, next_event
+
+from tests.support.base import DEADLINE, unavailable, wait_until_async
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.peers import as_page, dashboard_token
+from tests.support.processes import free_port, loopback_config
+from tests.test_web import Appliances, next_error, next_event
 
 TOKEN = "correct-horse-battery-staple-42"
 COMMAND = '{"command": "light", "state": "%s"}'

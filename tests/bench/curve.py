@@ -1,7 +1,7 @@
 """What CurveZMQ costs: our own publisher and subscriber (Outbox and Subscriber through the socket factory, each in
 its own process) with `curve` off and on, interleaved in the same run; the ratio is the cost of encryption.
 
-    .venv/bin/python tests/bench/curve.py [--messages 100000] [--runs 3]
+    .venv/bin/python -m tests.bench.curve [--messages 100000] [--runs 3]
 
 The publisher waits for the subscriber, then sends as fast as back-pressure lets it (XPUB_NODROP); the rate is
 what the subscriber got, and the share it got is reported beside it. Loopback only; a report, never an assertion.

@@ -1,6 +1,6 @@
 """Benchmark: end-to-end latency of the morning routine across containers, ours vs raw pyzmq, same run.
 
-    .venv/bin/python tests/bench/e2e_latency.py [--toggles N] [--rounds R]
+    .venv/bin/python -m tests.bench.e2e_latency [--toggles N] [--rounds R]
 
 Light switch -> coffee maker and toaster -> mirror: two hops, one container per service, in both wirings.
   ours    the real services (`docker compose up` of the shipped compose files, prep_time 0, the light
@@ -30,7 +30,8 @@ from pathlib import Path
 
 import docker
 import yaml
-from benchlib import ROOT, bar_chart, docker_version, header, load, percentile, table, write
+
+from tests.bench.benchlib import ROOT, bar_chart, docker_version, header, load, percentile, table, write
 
 PERIOD = 0.05  # seconds between toggles: far above any answer time, so toggles never overlap
 BENCH_DIR = str(Path(__file__).resolve().parent)
@@ -157,7 +158,7 @@ def main() -> None:
     client = docker.from_env()
     top = header(
         "End-to-end latency across containers: light switch -> appliances -> mirror",
-        " ".join(["python tests/bench/e2e_latency.py", *sys.argv[1:]]),
+        " ".join(["python -m tests.bench.e2e_latency", *sys.argv[1:]]),
         {"Docker Engine": docker_version()},
     )
     sh("docker", "compose", "build")

@@ -1,6 +1,6 @@
 """Benchmark: how fast the compose stack heals from each fault, under load, in both wirings.
 
-    flock /tmp/smarthome-docker.lock .venv/bin/python tests/bench/faults.py [--quick] [--only TEXT] [--runs N]
+    flock /tmp/smarthome-docker.lock .venv/bin/python -m tests.bench.faults [--quick] [--only TEXT] [--runs N]
 
 Builds the image and brings up the compose stack (a project of its own, prep times 0 from a config
 directory of its own, torn down at the end) in the direct wiring, then in the broker wiring. Throughout,
@@ -45,7 +45,6 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -55,21 +54,30 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import smarthome
 import yaml
 import zmq
+from smarthome.core.config import LightSwitchConfig, load_config
+from smarthome.core.identity import TOOLS, Identity
+from smarthome.core.messaging import Outbox, send_frames
+from smarthome.tools.cli import publish_endpoint
+
+from tests.support.base import poll, stamp
+from tests.support.faults import (
+    CUT_FROM,
+    CUT_TO,
+    DNS_OUTAGE,
+    delayed,
+    firewalled,
+    kill_service,
+    lossy,
+    partitioned,
+    paused,
+)
+from tests.support.peers import with_key
+from tests.support.stack import HEALTHCHECK_INTERVAL, WIRINGS, Stack
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))  # the tests' helpers (support/): the compose stack and its faults
-
-import smarthome  # noqa: E402
-from smarthome.core.config import LightSwitchConfig, load_config  # noqa: E402
-from smarthome.core.identity import TOOLS, Identity  # noqa: E402
-from smarthome.core.messaging import Outbox, send_frames  # noqa: E402
-from smarthome.tools.cli import publish_endpoint  # noqa: E402
-from support.base import poll, stamp  # noqa: E402
-from support.faults import CUT_FROM, CUT_TO, DNS_OUTAGE, delayed, firewalled, kill_service, lossy, partitioned, paused  # noqa: E402
-from support.peers import with_key  # noqa: E402
-from support.stack import HEALTHCHECK_INTERVAL, WIRINGS, Stack  # noqa: E402
 
 LOAD_RATE = 200  # light-set commands per second, all run long
 FAULT_SECONDS = 5.0  # how long a pause or a partition lasts: longer than offline_after (3 s), so peers drop it
@@ -551,7 +559,7 @@ def main() -> None:
     report = f"{setting(engine, rates, load_average)}{took}\n\n{table(rows)}\n"
     print(f"\n{report}")
     if not partial:
-        RESULTS.write_text(f"# Fault recovery\n\n`.venv/bin/python tests/bench/faults.py`: {report}")
+        RESULTS.write_text(f"# Fault recovery\n\n`.venv/bin/python -m tests.bench.faults`: {report}")
         print(f"written to {RESULTS.relative_to(ROOT)}")
 
 

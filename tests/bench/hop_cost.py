@@ -1,6 +1,6 @@
 """What a hop costs in Python: a subscriber's work per message warm, and what code costs right after a wakeup.
 
-    .venv/bin/python tests/bench/hop_cost.py [--messages 200000] [--wakeups 200]
+    .venv/bin/python -m tests.bench.hop_cost [--messages 200000] [--wakeups 200]
 
 warm    MESSAGES messages of 100 B queued on loopback in advance, then read: by a raw SUB (one frame, `recv`,
         no envelope) and by our subscribe() on a Loop (receive, envelope, body, duplicate and gap checks, the
@@ -22,10 +22,11 @@ import time
 from collections.abc import Callable
 
 import zmq
-from benchlib import header, load, median, percentile, table, write
 from smarthome.core.envelope import Message, decode, encode
 from smarthome.core.logs import HoldingLogger, TextFormatter, held_lines
-from workers import Ours, pad_for
+
+from tests.bench.benchlib import header, load, median, percentile, table, write
+from tests.bench.workers import Ours, pad_for
 
 TOPIC = "bench"
 HELD = "log a line, held (the loop's way)"  # the one operation run with its log call held
@@ -139,7 +140,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200_000, help="queued messages per warm run")
     parser.add_argument("--wakeups", type=int, default=200, help="sleeps per operation")
     options = parser.parse_args()
-    top = header("What a hop costs in Python", " ".join(["python tests/bench/hop_cost.py", *sys.argv[1:]]))
+    top = header("What a hop costs in Python", " ".join(["python -m tests.bench.hop_cost", *sys.argv[1:]]))
     life, body = 1, pad_for(100)
     messages = [
         encode(Message(TOPIC, "hop-pub@bench", life, seq, time.time(), body)) for seq in range(1, options.messages + 1)

@@ -1,8 +1,8 @@
 """Run every benchmark, then rebuild docs/benchmarks.md from tests/bench/results/.
 
-    .venv/bin/python tests/bench/run_all.py                 # all of them (~35 min; needs Docker and Mosquitto)
-    .venv/bin/python tests/bench/run_all.py --page-only     # only rewrite docs/benchmarks.md from the results there
-    .venv/bin/python tests/bench/run_all.py --only websocket  # one of them (a results name), then the page
+    .venv/bin/python -m tests.bench.run_all                 # all of them (~35 min; needs Docker and Mosquitto)
+    .venv/bin/python -m tests.bench.run_all --page-only     # only rewrite docs/benchmarks.md from the results there
+    .venv/bin/python -m tests.bench.run_all --only websocket  # one of them (a results name), then the page
 
 Each benchmark is also a command of its own (see its docstring); each writes results/NAME.md (+ .png).
 Scripts that only print (stack_lifecycle.py, websocket.py) have their output saved there with a header.
@@ -14,18 +14,16 @@ import argparse
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-from benchlib import RESULTS, ROOT, docker_version, header, write
+from tests.bench.benchlib import RESULTS, ROOT, docker_version, header, write
 
-BENCH = Path(__file__).resolve().parent
 PAGE = ROOT / "docs" / "benchmarks.md"
 
 # (results name, command, writes its own results file, what the section says before the figures)
 BENCHMARKS = [
     (
         "e2e_latency",
-        ["e2e_latency.py"],
+        ["e2e_latency"],
         True,
         "The morning routine across containers, both wirings: the light switch toggles on a timer with "
         "prep_time 0, and each toggle's latency is the mirror's publish time minus the light's (two hops; both "
@@ -34,7 +32,7 @@ BENCHMARKS = [
     ),
     (
         "throughput-1x1",
-        ["throughput.py", "--fan", "1"],
+        ["throughput", "--fan", "1"],
         True,
         "One publisher and one subscriber process on loopback. Raw is the fastest pyzmq we could write (one "
         "frame, plain `send`/`recv`); raw 2 frames is the same with the topic in a frame of its own, as the "
@@ -45,14 +43,14 @@ BENCHMARKS = [
     ),
     (
         "throughput-4x4",
-        ["throughput.py", "--fan", "4"],
+        ["throughput", "--fan", "4"],
         True,
         "Four publishers and four subscribers on one topic through each broker (N to N): rates are messages "
         "delivered to all subscribers together.",
     ),
     (
         "stack_lifecycle",
-        ["stack_lifecycle.py"],
+        ["stack_lifecycle"],
         False,
         "Images built, prep times 0, median of 3 runs; the baseline is an idle `python` container from the same "
         "image. Up to ready: `docker compose up --detach` until the mirror shows both appliances ready. Idle CPU "
@@ -62,16 +60,16 @@ BENCHMARKS = [
     ),
     (
         "hop_cost",
-        ["hop_cost.py"],
+        ["hop_cost"],
         True,
         "Where a hop's time goes in Python, in one process on loopback: a subscriber's work per message once "
         "warm, against a raw SUB reading the same queued messages; and single operations run first thing after "
         "a 50 ms sleep, as a service's work for a message is, against the same operation run again at once.",
     ),
-    ("websocket", ["websocket.py"], False, "The real forwarder process, a publisher and aiohttp clients on loopback."),
+    ("websocket", ["websocket"], False, "The real forwarder process, a publisher and aiohttp clients on loopback."),
     (
         "curve",
-        ["curve.py"],
+        ["curve"],
         True,
         "What CurveZMQ costs: our own publisher and subscriber (Outbox, Subscriber, the socket factory), each in its "
         "own process, with `curve` off and on, interleaved in the same run. The other benchmarks run without it, "
@@ -84,8 +82,9 @@ TITLES = {  # of the results of scripts that only print
     "websocket": "WebSocket forwarder: publish-to-browser latency and sustained rate",
 }
 INTRO = """\
-Benchmarks are scripts in `tests/bench/`, one command each; `.venv/bin/python tests/bench/run_all.py` runs
-them all (about 35 minutes; Docker, `apt-get install mosquitto` and `pip install -e '.[bench]'` first) and
+Benchmarks are modules of `tests/bench/`, one command each, run from the checkout's root as the package's
+users would run them (`pip install -e '.[bench]'` is all they need); `.venv/bin/python -m tests.bench.run_all` runs
+them all (about 35 minutes; Docker and `apt-get install mosquitto` first) and
 rewrites this page from `tests/bench/results/`, where each leaves its figures as Markdown and PNG. Nothing
 in them is asserted. The machine they ran on is shared with other work, so absolute figures are noisy: the
 1-minute load average stands beside each figure, and what carries over to another machine is the **ratio to
@@ -96,11 +95,15 @@ a baseline measured in the same run** (cases and repetitions are interleaved, so
 def run(name: str, command: list[str], writes_own: bool) -> None:
     print(f"== {name}: {' '.join(command)}", file=sys.stderr, flush=True)
     if writes_own:
-        subprocess.run([sys.executable, str(BENCH / command[0]), *command[1:]], check=True)
+        subprocess.run([sys.executable, "-m", f"tests.bench.{command[0]}", *command[1:]], check=True, cwd=ROOT)
         return
-    top = header(TITLES[name], f"python tests/bench/{' '.join(command)}", {"Docker Engine": docker_version()})
+    top = header(TITLES[name], f"python -m tests.bench.{' '.join(command)}", {"Docker Engine": docker_version()})
     output = subprocess.run(
-        [sys.executable, str(BENCH / command[0]), *command[1:]], check=True, capture_output=True, text=True
+        [sys.executable, "-m", f"tests.bench.{command[0]}", *command[1:]],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     ).stdout
     write(name, top + "\n" + output)
 
@@ -112,7 +115,7 @@ def page() -> str:
         if not path.exists():
             continue
         title, _, body = path.read_text().partition("\n")
-        parts.append(f"\n## {title.lstrip('# ')}\n\n`.venv/bin/python tests/bench/{' '.join(command)}`. {about}\n")
+        parts.append(f"\n## {title.lstrip('# ')}\n\n`.venv/bin/python -m tests.bench.{' '.join(command)}`. {about}\n")
         parts.append(re.sub(r"^- command: .*\n", "", body, flags=re.MULTILINE))
         if (RESULTS / f"{name}.png").exists():
             parts.append(f"\n![{title.lstrip('# ')}](../tests/bench/results/{name}.png)\n")

@@ -1,7 +1,7 @@
 """Benchmark: how fast the compose stack comes up and goes down, how much memory each service uses, and
 what the idle stack costs in CPU.
 
-    .venv/bin/python tests/bench/stack_lifecycle.py [--runs N]
+    .venv/bin/python -m tests.bench.stack_lifecycle [--runs N]
 
 With images built and prep times 0, per run: `docker compose up --detach` until the mirror logs that
 everything is ready; RSS of each service's process; the whole machine's CPU while the stack idles

@@ -1,6 +1,6 @@
 """Benchmark: the broker stack on a two-node Docker Swarm, against the same stack under compose on one engine.
 
-    .venv/bin/python tests/bench/swarm.py [--toggles N] [--scales 10,25,50]      (as root; images built)
+    .venv/bin/python -m tests.bench.swarm [--toggles N] [--scales 10,25,50]      (as root; images built)
 
 Builds the test swarm with swarm/cluster.sh (and always takes it down), with prep times 0 (a config directory
 of its own). Everything is observed from the host, as the host tools do: commands go into the broker's
@@ -30,14 +30,13 @@ from pathlib import Path
 
 import yaml
 import zmq
-from benchlib import RESULTS, ROOT, docker_version, header
 from smarthome.core.config import load_config
 from smarthome.core.envelope import decode
 from smarthome.core.identity import Identity
 from smarthome.core.messaging import Outbox
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the tests' helpers (support/)
-from support.peers import with_key
+from tests.bench.benchlib import RESULTS, ROOT, docker_version, header
+from tests.support.peers import with_key
 
 COMMANDS = "tcp://127.0.0.1:5559"  # the broker's publisher port: our light commands go in here
 VIEWS = "tcp://127.0.0.1:5560"  # its subscriber port: the mirror's view comes out here
@@ -217,7 +216,7 @@ def main() -> None:
     scales = [int(n) for n in args.scales.split(",")]
     top = header(
         "Docker Swarm: the broker stack on one and two nodes, against compose",
-        " ".join(["python tests/bench/swarm.py", *sys.argv[1:]]),
+        " ".join(["python -m tests.bench.swarm", *sys.argv[1:]]),
         {"Docker Engine": docker_version()},
     )
     with tempfile.TemporaryDirectory() as config_dir:

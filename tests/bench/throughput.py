@@ -1,6 +1,6 @@
 """Benchmark: lossless throughput, overload drain rate and latency on loopback: ours vs raw, zmq.proxy, Mosquitto.
 
-    .venv/bin/python tests/bench/throughput.py [--fan 1|4] [--quick]
+    .venv/bin/python -m tests.bench.throughput [--fan 1|4] [--quick]
 
 One process per publisher and subscriber (tests/bench/workers.py), 100 B and 1 KiB messages. Paths:
   raw              the fastest pyzmq we can write: PUB -> SUB, one frame, plain send/recv (1 -> 1 only)
@@ -45,7 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from benchlib import (
+
+from tests.bench.benchlib import (
     ROOT,
     bar_chart,
     free_port,
@@ -301,7 +302,7 @@ def main() -> None:
     repeat, sizes = (1, SIZES[:1]) if options.quick else (options.repeat, SIZES)
     top = header(
         f"Throughput and latency on loopback, {options.fan} -> {options.fan}",
-        " ".join(["python tests/bench/throughput.py", *sys.argv[1:]]),
+        " ".join(["python -m tests.bench.throughput", *sys.argv[1:]]),
         {**versions("paho-mqtt"), "Mosquitto": mosquitto_version()},
     )
     names = [name for name in CASES[options.fan] if not options.only or name in options.only]

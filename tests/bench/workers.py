@@ -1,7 +1,7 @@
 """The publisher and subscriber processes of throughput.py, one per process, driven over stdin/stdout.
 
-    python tests/bench/workers.py pub|sub raw|ours|mqtt JSON      (JSON: topic, endpoint, index, size, ...)
-    python tests/bench/workers.py proxy XSUB_ENDPOINT XPUB_ENDPOINT
+    python -m tests.bench.workers pub|sub raw|ours|mqtt JSON      (JSON: topic, endpoint, index, size, ...)
+    python -m tests.bench.workers proxy XSUB_ENDPOINT XPUB_ENDPOINT
 
 Transports: `raw` is the fastest pyzmq we can write (one frame per message, plain send/recv, no envelope;
 with "frames": 2, the topic in a frame of its own as ours sends it, read without any check);
