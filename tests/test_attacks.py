@@ -20,7 +20,7 @@ import yaml
 import zmq
 from smarthome.core.envelope import Message, encode
 from smarthome.core.protocol import ANSWER_BURST, MAX_INSTANCES
-from smarthome.core.sockets import SUBSCRIPTION_LINES_PER_SECOND
+from smarthome.core.sockets import SUBSCRIPTION_LINES_PER_SECOND, SUBSCRIPTIONS_PER_PEER
 
 from tests.support.base import ALL_IDLE, ALL_READY, BROKER_CONFIG, DEADLINE, HOST, SHIPPED_CONFIG, wait_until
 from tests.support.peers import with_key
@@ -28,9 +28,9 @@ from tests.support.processes import ServiceProcess, endpoint, loopback_config, s
 
 Start = Callable[..., ServiceProcess]
 FUZZ_MESSAGES = 10_000  # per bound endpoint
-# Every service stays below this through every flood. Not far below: libzmq keeps each distinct subscription
-# a peer sends, up to 1 KiB, before we see it (a bound of its own is still to come), and the fuzz sends thousands.
+# Every service stays below this through every flood (the fuzz's raw peers too).
 RSS_BOUND_MIB = 160
+GROWTH_BOUND_MIB = 20  # what a publisher may keep of a flood of distinct subscriptions once the flood has gone
 TOPICS = [b"light", b"light-set", b"coffee", b"toast", b"mirror", b"heartbeat"]
 
 
@@ -261,6 +261,37 @@ def test_a_flood_of_one_subscription_costs_a_few_answers_and_a_few_lines(
     )
     assert latecomer.poll(10_000), "the subscriber who came during the flood got nothing"
     assert not log.count("could not handle"), log.output()
+
+
+@pytest.mark.parametrize("source", [SHIPPED_CONFIG, BROKER_CONFIG], ids=["direct", "broker"])
+def test_distinct_subscriptions_from_a_key_holder_are_cut_and_their_memory_given_back(
+    tmp_path: Path, run_service: Start, context: zmq.Context, source: Path
+) -> None:
+    """[P6] 20,000 distinct subscriptions on one connection with the toaster's key (which may subscribe): the
+    publisher (the light switch, or the broker) cuts the connection past SUBSCRIPTIONS_PER_PEER, every time the
+    peer comes back; once it has gone the publisher is back to its size, and its real subscriber is served."""
+    config = loopback_config(tmp_path, source, **{"services.coffee-maker.prep_time": 0})
+    broker = "broker" in yaml.safe_load(config.read_text())["services"]
+    server = "broker" if broker else "light-switch"
+    services = {name: run_service(name, config) for name in (["broker"] if broker else []) + ["light-switch"]}
+    coffee = run_service("coffee-maker", config)
+    coffee.wait_for("COFFEE MAKER ready")
+    target, publisher = services[server], next(e for n, e, xpub in bound_endpoints(config) if n == server and xpub)
+    before = rss_mib(target)
+    flood = with_key(context.socket(zmq.XSUB), config, "toaster", server=server)
+    flood.sndhwm = 0  # all of it queued: libzmq sends it again each time it reconnects
+    flood.connect(publisher)
+    rng = random.Random(6)
+    for _ in range(20_000):  # 200 bytes each: 190 MiB in a publisher that keeps them
+        flood.send(b"\x01" + rng.randbytes(200))
+    cut = f"cut the connection of 127.0.0.1: more than {SUBSCRIPTIONS_PER_PEER} distinct subscriptions"
+    target.wait_for(cut, times=2)  # and again when it came back
+    flood.close(linger=0)
+    back = GROWTH_BOUND_MIB / 4
+    wait_until(lambda: rss_mib(target) - before <= back, "the memory given back", describe=target.output)
+    assert smarthome(config, "light", "off", "--timeout", "30").returncode == 0
+    coffee.wait_for("COFFEE MAKER idle")
+    assert not coffee.count("cut the connection"), coffee.output()
 
 
 def test_a_stolen_key_cannot_invent_appliances_and_no_ghost_outlives_offline_after(

@@ -17,7 +17,7 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from smarthome.core import protocol
+from smarthome.core import protocol, sockets
 from smarthome.core.protocol import RESYNC_MAX, RETIRED_MAX, Answers, Beat, Kind, LastValues, Receiver
 from smarthome.roles import broker
 from smarthome.web import forwarder
@@ -241,10 +241,10 @@ def test_answers_come_at_once_up_to_a_burst_then_once_when_the_window_closes() -
 def test_the_bounds_the_document_gives_are_the_codes() -> None:  # [B]
     table = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text().partition("## B.")[2]
     documented = dict(re.findall(r"^\| ([A-Z_]+) \| (\d+) \|", table, re.M))
-    modules = (protocol, broker, forwarder)
+    modules = (protocol, broker, forwarder, sockets)
     code = {name: next(getattr(m, name) for m in modules if hasattr(m, name)) for name in documented}
     assert documented == {name: str(value) for name, value in code.items()}
-    assert len(documented) == 10
+    assert len(documented) == 11
 
 
 # --- the model: a reference written plainly, a world that knows the truth ---

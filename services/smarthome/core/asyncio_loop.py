@@ -18,7 +18,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 
 from smarthome.core.identity import Identity
 from smarthome.core.runtime import Cancellable, Runtime
-from smarthome.core.sockets import Handler, guarded
+from smarthome.core.sockets import Handler, connection_of, guarded
 
 log = logging.getLogger("smarthome")
 
@@ -63,16 +63,17 @@ class AsyncioLoop(Runtime):
 
     # --- the loop's primitives ---------------------------------------------------------------------
 
-    def watch(self, sock: zmq.Socket, handler: Handler, peer: bool = False) -> None:
+    def watch(self, sock: zmq.Socket, handler: Handler, peer: bool = False, source: bool = False) -> None:
         handle = guarded(self.me.label, handler)
 
         async def read() -> None:
             while True:
-                if not peer:
+                if not (peer or source):
                     handle(await sock.recv_multipart())
                     continue
                 frames = await sock.recv_multipart(copy=False)
-                handle([frame.bytes for frame in frames], frames[0].get("User-Id"))
+                first = frames[0]
+                handle([frame.bytes for frame in frames], first.get("User-Id") if peer else connection_of(first))
 
         self.spawn(read())
 

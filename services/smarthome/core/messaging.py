@@ -48,6 +48,11 @@ class Subscription(NamedTuple):
             return None
         return cls(frames[0][:1] == b"\x01", frames[0][1:])
 
+    @property
+    def frame(self) -> bytes:
+        """The subscription as an XSUB sends it on."""
+        return (b"\x01" if self.on else b"\x00") + self.prefix
+
 
 def refused_instance(label: str, name: str, max_instances: int) -> None:
     """[A2] One (rate-limited per service) warning for a sender refused as one instance too many."""

@@ -34,7 +34,7 @@ from smarthome.core.identity import HEALTH_TOUCH_EVERY, Identity
 from smarthome.core.logs import held_lines
 from smarthome.core.messaging import Body, Outbox, Subscriber, Subscription, send_frames
 from smarthome.core.protocol import Answers
-from smarthome.core.sockets import Handler, Sockets, dropped, subscriptions
+from smarthome.core.sockets import Handler, Sockets, connection_of, dropped, subscriptions
 
 _NOBLOCK, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
 DRAIN_LIMIT = 1000  # messages read from one socket per wakeup, so no socket starves the others
@@ -75,8 +75,9 @@ class Runtime(abc.ABC):
     # --- the loop's primitives ---------------------------------------------------------------------
 
     @abc.abstractmethod
-    def watch(self, sock: zmq.Socket, handler: Handler, peer: bool = False) -> None:
-        """Call `handler(frames)` for each message `sock` receives; with `peer`, `handler(frames, user_id)`.
+    def watch(self, sock: zmq.Socket, handler: Handler, peer: bool = False, source: bool = False) -> None:
+        """Call `handler(frames)` for each message `sock` receives; with `peer`, `handler(frames, user_id)`; with
+        `source`, `handler(frames, connection)`: the descriptor of the connection it came on (ZMQ_SRCFD).
         Whatever the handler raises drops that message with a warning: no input stops the loop."""
 
     @abc.abstractmethod
@@ -178,9 +179,9 @@ class Loop(Runtime):
 
     # --- sockets -----------------------------------------------------------------------------------
 
-    def watch(self, sock: zmq.Socket, handler: Handler, peer: bool = False) -> None:
+    def watch(self, sock: zmq.Socket, handler: Handler, peer: bool = False, source: bool = False) -> None:
         """Call `handler(frames)` for each message `sock` receives; with `peer`, `handler(frames, user_id)`:
-        the name of the key that peer authenticated with (CurveZMQ).
+        the name of the key that peer authenticated with (CurveZMQ); with `source`, `handler(frames, connection)`.
 
         A wakeup reads until the socket is empty, but at most DRAIN_LIMIT messages, so one busy socket
         cannot starve the others or the timers. Right after a wakeup all code runs cold, and a raised zmq.Again
@@ -203,6 +204,8 @@ class Loop(Runtime):
                 try:  # guarded, as in sockets.guarded: no input can stop a service
                     if peer:
                         handler(frames, first.get("User-Id"))
+                    elif source:
+                        handler(frames, connection_of(first))
                     else:
                         handler(frames)
                 except Exception as exc:
@@ -309,9 +312,8 @@ class Publisher:
         self.label = loop.me.label
         self.answers = Answers(loop.me.config.heartbeat_interval)
         self.answer_held: Cancellable | None = None
-        self.sock = loop.sockets.publisher(spec)
+        self.sock = loop.sockets.xpub(self._on_subscription, bind=spec.bind, connect=spec.connect)
         self.send = loop.send
-        loop.watch(self.sock, self._on_subscription)
         loop.every(loop.me.config.heartbeat_interval, lambda: self.send(self.sock, self.outbox.heartbeat()))
 
     @property
@@ -328,10 +330,7 @@ class Publisher:
         self.send(self.sock, frames)
         return message
 
-    def _on_subscription(self, frames: list[bytes]) -> None:
-        subscription = Subscription.parse(frames)
-        if not subscription:
-            return
+    def _on_subscription(self, subscription: Subscription) -> None:
         named = self.outbox.heard(subscription)
         if not (subscription.on and self.outbox.concerns(subscription)):
             return

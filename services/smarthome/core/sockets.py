@@ -8,19 +8,24 @@ seconds, and ZeroMQ reconnects as soon as it is back), a connecting socket's pee
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import logging
+import socket
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import zmq
 from zmq.auth.base import Authenticator
+from zmq.utils.monitor import parse_monitor_message
 
-from smarthome.core.config import Publish, Subscribe
+from smarthome.core.config import Subscribe
 from smarthome.core.dialer import EVENTS, Dialer, Later, Soon
 from smarthome.core.identity import Identity
 from smarthome.core.keys import ZAP_DOMAIN, Keys, Policy, answer_zap, authenticator
 from smarthome.core.logs import LimitedLines, peer_warnings
+from smarthome.core.messaging import Subscription
 
 if TYPE_CHECKING:
     from smarthome.core.messaging import Subscriber
@@ -31,6 +36,9 @@ log = logging.getLogger("smarthome")
 SUBSCRIPTION_LINES_PER_SECOND = 100  # a peer may subscribe thousands of times a second; a broker restart, a few dozen
 subscriptions = LimitedLines(log, logging.INFO, per_second=SUBSCRIPTION_LINES_PER_SECOND)  # who subscribes
 SUBSCRIPTION_MAX_BYTES = 1024  # above libzmq's 0-275 range that breaks the handshake (libzmq #4436)
+SUBSCRIPTIONS_PER_PEER = 64  # [P6] distinct subscriptions one connection may hold at a bound XPUB
+_SRCFD = int(zmq.SRCFD)
+MEMORY_BACK_AFTER = 0.5  # seconds from a cut connection's end to handing its memory back: libzmq has freed it by then
 TCP_KEEPALIVE_IDLE = 10  # seconds of silence before the kernel probes a connection
 TCP_KEEPALIVE_INTVL = 2  # seconds between probes
 # A connect whose SYN a cut link swallowed is given up after this long and tried anew (every reconnect_ivl,
@@ -100,6 +108,8 @@ class Sockets:
         sock.linger = 0
         # A peer sending more is disconnected. Into an XPUB come only subscriptions: a topic name and a byte.
         sock.maxmsgsize = SUBSCRIPTION_MAX_BYTES if kind == zmq.XPUB else self.me.config.max_message_bytes
+        if kind == zmq.XPUB:  # what a peer has sent waits in the kernel until we have counted what came before [P6]
+            sock.rcvhwm = SUBSCRIPTIONS_PER_PEER
         zmtp = self.me.config.zmtp
         sock.heartbeat_ivl = int(zmtp.heartbeat_ivl * 1000)
         sock.heartbeat_timeout = int(zmtp.heartbeat_timeout * 1000)
@@ -128,13 +138,33 @@ class Sockets:
             dialer.start()
         return sock
 
-    def publisher(self, spec: Publish) -> zmq.Socket:
-        """An XPUB for `spec` that hands up every subscription, so the publisher can answer late joiners.
+    def xpub(
+        self, on_subscription: Callable[[Subscription], None], *, bind: str | None = None, connect: str | None = None
+    ) -> zmq.Socket:
+        """An XPUB that hands every (un)subscription to `on_subscription`, so that a publisher can answer late
+        joiners; a bound one holds each connection to SUBSCRIPTIONS_PER_PEER [P6].
 
         XPUB_VERBOSE, not VERBOSER: an unsubscribe is handed up only when no peer holds that subscription any
         more (libzmq tracks them per peer), so a peer cannot take back what others gave.
         """
-        return self.make(zmq.XPUB, bind=spec.bind, connect=spec.connect, xpub_verbose=True)
+        sock = self.make(zmq.XPUB, bind=bind, connect=connect, xpub_verbose=True)
+        if not bind:  # its peers are the servers it pinned: the broker passes on at most UPSTREAM_MAX prefixes [C5]
+
+            def from_broker(frames: list[bytes]) -> None:
+                if subscription := Subscription.parse(frames):
+                    on_subscription(subscription)
+
+            self.watch(sock, from_broker)
+            return sock
+        cap = SubscriptionCap(sock, self.me.label, self.later)
+        self.watch(sock.get_monitor_socket(zmq.EVENT_DISCONNECTED), cap.record)
+
+        def from_peers(frames: list[bytes], connection: int) -> None:
+            if (subscription := Subscription.parse(frames)) and cap.allows(subscription, connection):
+                on_subscription(subscription)
+
+        self.watch(sock, from_peers, source=True)
+        return sock
 
     def subscribe(
         self, spec: Subscribe, subscriber: Subscriber, deliver: Callable[[list[bytes], str | None], None]
@@ -163,3 +193,112 @@ def _from(peer: str | None, deliver: Callable[[list[bytes], str | None], None]) 
     """deliver(frames, peer) for every message of a socket whose peer is known in advance (a closure: a
     keyword partial costs three times as much per call)."""
     return lambda frames: deliver(frames, peer)
+
+
+class SubscriptionCap:
+    """[P6] At most SUBSCRIPTIONS_PER_PEER distinct subscriptions per connection of a bound XPUB.
+
+    libzmq files every distinct subscription (up to SUBSCRIPTION_MAX_BYTES) in the XPUB's trie, tens of KiB
+    each, for as long as the connection lasts, and can drop no single peer. Each subscription tells the
+    connection it came on (ZMQ_SRCFD, and the peer's address and port, so a reused descriptor is a new
+    connection): the one past the cap shuts that connection down, libzmq closes it and frees what it held,
+    and once it is gone that memory is handed back to the system. The peer may come back and begin again.
+    libzmq files a burst in the socket's own thread before we read any of it (XPUB_MANUAL too): what one
+    burst holds until the cut is libzmq's; what stays after is not.
+    """
+
+    def __init__(self, sock: zmq.Socket, label: str, later: Later) -> None:
+        self.label = label
+        self.later = later
+        self.port = int(sock.last_endpoint.rsplit(b":", 1)[1])
+        self.held: dict[Connection, set[bytes]] = {}  # the prefixes each connection subscribed to
+        self.cut: set[Connection] = set()  # connections shut down, until libzmq says they are gone
+        self.memory_back_due = False
+
+    def allows(self, subscription: Subscription, descriptor: int) -> bool:
+        """Whether `subscription`, from the connection on `descriptor`, is to be handed up."""
+        if not subscription.on or descriptor < 0:  # unsubscribes free memory; libzmq's own have no connection
+            return True
+        connection = connection_on(descriptor, self.port)
+        if connection is None or connection in self.cut:  # gone already, or cut: nobody to answer
+            return False
+        held = self.held.setdefault(connection, set())
+        if len(held) < SUBSCRIPTIONS_PER_PEER or subscription.prefix in held:
+            held.add(subscription.prefix)
+            return True
+        shut_down(descriptor)
+        self.cut.add(connection)
+        peer = connection[1]
+        peer_warnings.log(
+            "%s cut the connection of %s: more than %d distinct subscriptions (SUBSCRIPTIONS_PER_PEER)",
+            self.label,
+            peer,
+            SUBSCRIPTIONS_PER_PEER,
+            peer=peer,
+        )
+        return False
+
+    def record(self, frames: list[bytes]) -> None:
+        """A monitor event of the XPUB: a connection is gone, and with it what it held."""
+        descriptor = parse_monitor_message(frames)["value"]
+        gone = [c for c in [*self.held, *self.cut] if c[0] == descriptor]
+        worth = any(c in self.cut or len(self.held.get(c, ())) > SUBSCRIPTIONS_PER_PEER // 2 for c in gone)
+        for connection in gone:
+            self.held.pop(connection, None)
+            self.cut.discard(connection)
+        if worth and not self.memory_back_due:
+            self.memory_back_due = True
+            self.later(MEMORY_BACK_AFTER, self._memory_back)
+
+    def _memory_back(self) -> None:
+        self.memory_back_due = False
+        give_back_memory()
+
+
+Connection = tuple[int, str, int]  # descriptor, the peer's address and port
+
+
+def connection_of(frame: zmq.Frame) -> int:
+    """The descriptor of the connection `frame` came on (ZMQ_SRCFD), or -1: libzmq's own messages (an XPUB's
+    unsubscribes for a peer that left) came on none."""
+    try:
+        return frame.get(_SRCFD)
+    except zmq.ZMQError:
+        return -1
+
+
+def connection_on(descriptor: int, port: int) -> Connection | None:
+    """The TCP connection to our `port` on `descriptor` (one libzmq owns), or None if it is not one now."""
+    try:
+        conn = socket.socket(fileno=descriptor)
+    except OSError:  # closed meanwhile, or not a socket
+        return None
+    try:
+        if conn.getsockname()[1] != port:  # closed meanwhile and the number given to another
+            return None
+        address, peer_port = conn.getpeername()[:2]
+        return descriptor, address, peer_port
+    except OSError:
+        return None
+    finally:
+        conn.detach()  # the descriptor stays libzmq's
+
+
+def shut_down(descriptor: int) -> None:
+    """Shut the connection on `descriptor` down: libzmq sees it end, closes it and frees what it held."""
+    with contextlib.suppress(OSError):  # closed meanwhile: gone already
+        conn = socket.socket(fileno=descriptor)
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        finally:
+            conn.detach()
+
+
+_malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; other C libraries give back by themselves
+
+
+def give_back_memory() -> None:
+    """Hand the memory freed in the middle of the heap back to the system: glibc keeps it otherwise, and a
+    publisher that once held a flood's subscriptions would look that big for ever."""
+    if _malloc_trim:
+        _malloc_trim(0)

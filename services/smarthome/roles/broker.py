@@ -31,9 +31,6 @@ def main(me: Identity, spec: BrokerConfig) -> int:
     loop = Loop(me)
     config, policy = me.config, loop.sockets.policy
     from_publishers = loop.sockets.make(zmq.XSUB, bind=spec.publishers)
-    # Every subscribe, repeats included (each new subscriber gets the last values), and an unsubscribe only
-    # once no subscriber holds it any more: libzmq tracks them per peer, so nobody takes back another's.
-    to_subscribers = loop.sockets.make(zmq.XPUB, bind=spec.subscribers, xpub_verbose=True)
 
     def missed(sender: str, count: int) -> None:
         log.warning("%s missed %d messages from %s", spec.name, count, sender)
@@ -91,9 +88,8 @@ def main(me: Identity, spec: BrokerConfig) -> int:
         for sender in kept.expire(time.monotonic()):  # [C3, F1]
             log.info("%s forgot %s: not heard for %gs", spec.name, sender, config.gone_after)
 
-    def on_subscription(frames: list[bytes]) -> None:
-        subscription = Subscription.parse(frames)
-        if not subscription or not TOPIC_PREFIX.match(subscription.prefix):
+    def on_subscription(subscription: Subscription) -> None:
+        if not TOPIC_PREFIX.match(subscription.prefix):
             return  # XPUB peers have nothing else to say, and no topic looks like this
         prefix = subscription.prefix
         shown = f"'{prefix.decode()}'" if prefix else "all topics"
@@ -103,10 +99,10 @@ def main(me: Identity, spec: BrokerConfig) -> int:
         # a publisher learns of a new subscriber anyway, from the last values we hand out below.
         if subscription.on and prefix not in upstream and len(upstream) < UPSTREAM_MAX:
             upstream.add(prefix)
-            from_publishers.send(frames[0])  # publishers answer it [P2]: how an empty cache fills
+            from_publishers.send(subscription.frame)  # publishers answer it [P2]: how an empty cache fills
         elif not subscription.on and prefix in upstream:
             upstream.discard(prefix)
-            from_publishers.send(frames[0])
+            from_publishers.send(subscription.frame)
         if not subscription.on or not any(topic.startswith(prefix.decode()) for topic in config.topics):
             return  # nothing kept to answer with: and the prefixes paced are those of the declared topics
         if answers.now(prefix, time.monotonic()):  # [C2, P5]
@@ -127,7 +123,9 @@ def main(me: Identity, spec: BrokerConfig) -> int:
 
     answers = Answers(config.heartbeat_interval)
     held: list[object] = []  # the timer for the answers held, if one is set
+    # Every subscribe, repeats included (each new subscriber gets the last values), and an unsubscribe only
+    # once no subscriber holds it any more: libzmq tracks them per peer, so nobody takes back another's.
+    to_subscribers = loop.sockets.xpub(on_subscription, bind=spec.subscribers)
     loop.watch(from_publishers, forward, peer=policy is not None)
-    loop.watch(to_subscribers, on_subscription)
     loop.every(config.heartbeat_interval, expire)
     return loop.run()
