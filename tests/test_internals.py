@@ -13,6 +13,7 @@ import logging
 import zmq
 from smarthome.core import logs
 from smarthome.core.messaging import send_frames
+from smarthome.core.sockets import connection_of, connection_on
 from zmq.auth.base import Authenticator
 
 
@@ -44,3 +45,21 @@ def test_logging_has_what_held_lines_replace() -> None:
         inspect.signature(logging.Logger._log).parameters.keys()
     )
     assert isinstance(logging.Logger.manager.loggerDict, dict)
+
+
+def test_a_subscription_tells_the_connection_it_came_on(context: zmq.Context) -> None:
+    """sockets.SubscriptionCap reads ZMQ_SRCFD (deprecated in libzmq, kept in 4.3) on an XPUB's subscriptions,
+    and libzmq's own unsubscribe for a peer that left has none."""
+    publisher = context.socket(zmq.XPUB)
+    publisher.xpub_verbose = True
+    port = publisher.bind_to_random_port("tcp://127.0.0.1")
+    subscriber = context.socket(zmq.SUB)
+    subscriber.connect(f"tcp://127.0.0.1:{port}")
+    subscriber.subscribe(b"light")
+    assert publisher.poll(5000)
+    frame = publisher.recv(copy=False)
+    assert connection_on(connection_of(frame), port) is not None, "ZMQ_SRCFD names no connection of ours"
+    subscriber.close(linger=0)
+    assert publisher.poll(5000)
+    assert connection_of(publisher.recv(copy=False)) == -1
+    publisher.close()

@@ -198,8 +198,8 @@ def _from(peer: str | None, deliver: Callable[[list[bytes], str | None], None]) 
 class SubscriptionCap:
     """[P6] At most SUBSCRIPTIONS_PER_PEER distinct subscriptions per connection of a bound XPUB.
 
-    libzmq files every distinct subscription (up to SUBSCRIPTION_MAX_BYTES) in the XPUB's trie, tens of KiB
-    each, for as long as the connection lasts, and can drop no single peer. Each subscription tells the
+    libzmq files every distinct subscription (up to SUBSCRIPTION_MAX_BYTES) in the XPUB's trie, at many times
+    its own size, for as long as the connection lasts, and can drop no single peer. Each subscription tells the
     connection it came on (ZMQ_SRCFD, and the peer's address and port, so a reused descriptor is a new
     connection): the one past the cap shuts that connection down, libzmq closes it and frees what it held,
     and once it is gone that memory is handed back to the system. The peer may come back and begin again.
