@@ -330,12 +330,13 @@ class Publisher:
         self.send(self.sock, frames)
         return message
 
-    def _on_subscription(self, subscription: Subscription) -> None:
+    def _on_subscription(self, subscription: Subscription, peer: str | None) -> None:
         named = self.outbox.heard(subscription)
         if not (subscription.on and self.outbox.concerns(subscription)):
             return
-        # libzmq tells nothing of who subscribed (no User-Id on an XPUB's subscriptions): limited as one.
-        subscriptions.log("%s has a new subscriber; answering with a heartbeat and the current state", self.label)
+        subscriptions.log(
+            "%s has a new subscriber; answering with a heartbeat and the current state", self.label, peer=peer
+        )
         # One pace for every prefix: each gets the same answer, and it reaches every subscriber of our topic.
         if self.answers.now(b"", time.monotonic()):
             self._answer()

@@ -139,10 +139,16 @@ class Sockets:
         return sock
 
     def xpub(
-        self, on_subscription: Callable[[Subscription], None], *, bind: str | None = None, connect: str | None = None
+        self,
+        on_subscription: Callable[[Subscription, str | None], None],
+        *,
+        bind: str | None = None,
+        connect: str | None = None,
     ) -> zmq.Socket:
-        """An XPUB that hands every (un)subscription to `on_subscription`, so that a publisher can answer late
-        joiners; a bound one holds each connection to SUBSCRIPTIONS_PER_PEER [P6].
+        """An XPUB that hands every (un)subscription to `on_subscription(subscription, peer)`, so that a
+        publisher can answer late joiners; `peer` is the subscriber's address, where there is one to tell (a
+        bound socket's subscriptions), so that what one subscriber causes is limited as its own. A bound XPUB
+        holds each connection to SUBSCRIPTIONS_PER_PEER [P6].
 
         XPUB_VERBOSE, not VERBOSER: an unsubscribe is handed up only when no peer holds that subscription any
         more (libzmq tracks them per peer), so a peer cannot take back what others gave.
@@ -152,16 +158,17 @@ class Sockets:
 
             def from_broker(frames: list[bytes]) -> None:
                 if subscription := Subscription.parse(frames):
-                    on_subscription(subscription)
+                    on_subscription(subscription, None)
 
             self.watch(sock, from_broker)
             return sock
         cap = SubscriptionCap(sock, self.me.label, self.later)
         self.watch(sock.get_monitor_socket(zmq.EVENT_DISCONNECTED), cap.record)
 
-        def from_peers(frames: list[bytes], connection: int) -> None:
-            if (subscription := Subscription.parse(frames)) and cap.allows(subscription, connection):
-                on_subscription(subscription)
+        def from_peers(frames: list[bytes], descriptor: int) -> None:
+            if (subscription := Subscription.parse(frames)) and cap.allows(subscription, descriptor):
+                connection = connection_on(descriptor, cap.port) if descriptor >= 0 else None
+                on_subscription(subscription, connection[1] if connection else None)
 
         self.watch(sock, from_peers, source=True)
         return sock

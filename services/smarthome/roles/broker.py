@@ -88,13 +88,12 @@ def main(me: Identity, spec: BrokerConfig) -> int:
         for sender in kept.expire(time.monotonic()):  # [C3, F1]
             log.info("%s forgot %s: not heard for %gs", spec.name, sender, config.gone_after)
 
-    def on_subscription(subscription: Subscription) -> None:
+    def on_subscription(subscription: Subscription, peer: str | None) -> None:
         if not TOPIC_PREFIX.match(subscription.prefix):
             return  # XPUB peers have nothing else to say, and no topic looks like this
         prefix = subscription.prefix
         shown = f"'{prefix.decode()}'" if prefix else "all topics"
-        # libzmq tells nothing of who subscribed (no User-Id on an XPUB's subscriptions): limited as one.
-        subscriptions.log("%s %s %s", spec.name, "subscribe" if subscription.on else "unsubscribe", shown)
+        subscriptions.log("%s %s %s", spec.name, "subscribe" if subscription.on else "unsubscribe", shown, peer=peer)
         # [C5] Upstream, only the first subscribe and the last unsubscribe: the XSUB counts what it is sent, and
         # a publisher learns of a new subscriber anyway, from the last values we hand out below.
         if subscription.on and prefix not in upstream and len(upstream) < UPSTREAM_MAX:
