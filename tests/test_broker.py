@@ -41,8 +41,8 @@ def test_every_subscriber_hears_every_publisher_through_the_broker(config: Path,
         services[appliance].wait_for("received 'light is ON' from light.", times=2)
     services["smart-mirror"].wait_for(ALL_READY)
     broker = services["broker"]
-    broker.says("BROKER subscribe 'light'", times=3)  # coffee maker, toaster, radio
-    broker.says("BROKER subscribe 'coffee'")
+    broker.says("BROKER subscribe 'light' from 127.0.0.1", times=3)  # coffee maker, toaster, radio
+    broker.says("BROKER subscribe 'coffee' from 127.0.0.1")
 
 
 def test_the_broker_hands_the_last_value_to_late_subscribers(
@@ -230,7 +230,7 @@ def test_the_radio_plays_while_a_light_is_on_and_falls_silent_when_its_switch_is
     config = loopback_config(tmp_path, BROKER_CONFIG, heartbeat_interval=0.2, offline_after=3)
     broker = run_service("broker", config)
     radio = run_service("radio", config)
-    broker.says("BROKER subscribe 'heartbeat'")  # the radio's, with 'light'
+    broker.says("BROKER subscribe 'heartbeat' from 127.0.0.1")  # the radio's, with 'light'
     mute = with_key(context.socket(zmq.PUB), config, server="broker")  # a switch alive, whose light never came
     mute.connect(endpoint(config, "broker", "publishers"))
     probe = with_key(context.socket(zmq.SUB), config, server="broker")

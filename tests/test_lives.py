@@ -114,7 +114,7 @@ async def test_a_restarted_light_switch_starts_from_its_own_last_state_never_fro
     async def command(ws: aiohttp.ClientWebSocketResponse, switch: ServiceProcess, state: str) -> None:
         """From the dashboard, once `switch` (a new one each time) listens too."""
         listening.append("bath")
-        subscribed = "BROKER subscribe 'light-set'"
+        subscribed = "BROKER subscribe 'light-set' from 127.0.0.1"
         await wait_until_async(
             lambda: broker.messages().count(subscribed) >= len(listening), "it", describe=broker.output
         )

@@ -189,7 +189,7 @@ def test_a_subscriber_joining_late_gets_the_current_state_without_any_new_publis
     assert topic == b"light"
     assert json.loads(body)["body"] == {"state": "ON"}
     assert switch.count("published") == 1  # a re-send of the state, not a new publish
-    switch.says("LIGHT SWITCH has a new subscriber; answering with a heartbeat and the current state")
+    switch.says("LIGHT SWITCH has a new subscriber at 127.0.0.1; answering with a heartbeat and the current state")
 
 
 @pytest.mark.parametrize("source", [SHIPPED_CONFIG, BROKER_CONFIG], ids=["direct", "broker"])

@@ -335,7 +335,10 @@ class Publisher:
         if not (subscription.on and self.outbox.concerns(subscription)):
             return
         subscriptions.log(
-            "%s has a new subscriber; answering with a heartbeat and the current state", self.label, peer=peer
+            "%s has a new subscriber%s; answering with a heartbeat and the current state",
+            self.label,
+            f" at {peer}" if peer else "",
+            peer=peer,
         )
         # One pace for every prefix: each gets the same answer, and it reaches every subscriber of our topic.
         if self.answers.now(b"", time.monotonic()):

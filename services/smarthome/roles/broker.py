@@ -93,7 +93,8 @@ def main(me: Identity, spec: BrokerConfig) -> int:
             return  # XPUB peers have nothing else to say, and no topic looks like this
         prefix = subscription.prefix
         shown = f"'{prefix.decode()}'" if prefix else "all topics"
-        subscriptions.log("%s %s %s", spec.name, "subscribe" if subscription.on else "unsubscribe", shown, peer=peer)
+        subscribe = "subscribe" if subscription.on else "unsubscribe"
+        subscriptions.log("%s %s %s%s", spec.name, subscribe, shown, f" from {peer}" if peer else "", peer=peer)
         # [C5] Upstream, only the first subscribe and the last unsubscribe: the XSUB counts what it is sent, and
         # a publisher learns of a new subscriber anyway, from the last values we hand out below.
         if subscription.on and prefix not in upstream and len(upstream) < UPSTREAM_MAX:
