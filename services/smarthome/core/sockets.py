@@ -221,10 +221,17 @@ class SubscriptionCap:
         self.held: dict[Connection, set[bytes]] = {}  # the prefixes each connection subscribed to
         self.cut: set[Connection] = set()  # connections shut down, until libzmq says they are gone
         self.memory_back_due = False
+        self.released = 0  # libzmq's unsubscribes since memory was last handed back
 
     def allows(self, subscription: Subscription, descriptor: int) -> bool:
         """Whether `subscription`, from the connection on `descriptor`, is to be handed up."""
-        if not subscription.on or descriptor < 0:  # unsubscribes free memory; libzmq's own have no connection
+        if descriptor < 0:  # libzmq's own unsubscribes, for a connection gone: what it filed is freed now
+            self.released += not subscription.on
+            if self.released >= SUBSCRIPTIONS_PER_PEER:
+                self.released = 0
+                self._memory_back_soon()
+            return True
+        if not subscription.on:
             return True
         connection = connection_on(descriptor, self.port)
         if connection is None or connection in self.cut:  # gone already, or cut: nobody to answer
@@ -246,14 +253,17 @@ class SubscriptionCap:
         return False
 
     def record(self, frames: list[bytes]) -> None:
-        """A monitor event of the XPUB: a connection is gone, and with it what it held."""
+        """A monitor event of the XPUB: a connection is gone, and with it what it held. What libzmq filed for it
+        may be far more than we have read of it (it files ahead of us), so its memory is handed back whatever
+        we counted: once per MEMORY_BACK_AFTER at most, however fast connections come and go."""
         descriptor = parse_monitor_message(frames)["value"]
-        gone = [c for c in [*self.held, *self.cut] if c[0] == descriptor]
-        worth = any(c in self.cut or len(self.held.get(c, ())) > SUBSCRIPTIONS_PER_PEER // 2 for c in gone)
-        for connection in gone:
+        for connection in [c for c in [*self.held, *self.cut] if c[0] == descriptor]:
             self.held.pop(connection, None)
             self.cut.discard(connection)
-        if worth and not self.memory_back_due:
+        self._memory_back_soon()
+
+    def _memory_back_soon(self) -> None:
+        if not self.memory_back_due:
             self.memory_back_due = True
             self.later(MEMORY_BACK_AFTER, self._memory_back)
 
