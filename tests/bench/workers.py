@@ -217,20 +217,20 @@ def sub_mqtt(options: dict) -> None:
     client = mqtt_client(options, f"{options['topic']}-sub{options['index']}")
     topic = options["topic"]
 
-    def on_message(_c, _u, message) -> None:
-        envelope = decode([topic.encode(), message.payload])  # the same checks as ours: envelope, then body
-        msgspec.convert(envelope.body, Pad)
-        tally.record(envelope.sender, envelope.seq, envelope.ts)
-
-    client.on_message = on_message
+    client.on_message = lambda _c, _u, message: checked(topic.encode(), message.payload, tally)
     client.on_connect = lambda c, _u, _f, _rc, _p: c.subscribe(options["topic"], options["qos"])
     client.loop_start()  # paho's network thread receives; this one answers commands
-    while True:
-        if stdin_ready(0.02) and tally.command(sys.stdin.readline()):
-            break
-        tally.check()
+    answer_commands(tally)
     client.disconnect()
     client.loop_stop()
+
+
+def answer_commands(tally: Tally) -> None:
+    """Answer the driver's commands until its end of input, while another thread of the client receives."""
+    while True:
+        if stdin_ready(0.02) and tally.command(sys.stdin.readline()):
+            return
+        tally.check()
 
 
 def checked(topic: bytes, payload: bytes, tally: Tally) -> None:
@@ -289,10 +289,7 @@ def sub_zenoh(options: dict) -> None:
     subscriber = session.declare_subscriber(
         options["topic"], lambda sample: checked(topic, sample.payload.to_bytes(), tally)
     )  # Zenoh's own threads call back; this one answers commands
-    while True:
-        if stdin_ready(0.02) and tally.command(sys.stdin.readline()):
-            break
-        tally.check()
+    answer_commands(tally)
     subscriber.undeclare()
     session.close()
 
