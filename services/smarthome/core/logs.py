@@ -198,3 +198,9 @@ class LimitedLines:
 
 
 peer_warnings = LimitedLines(logging.getLogger("smarthome"))  # about what peers send: an allowance per peer
+
+
+def escape(text: object, limit: int = 200) -> str:
+    """`text` fit for one log line: control characters escaped, cut at `limit` characters."""
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text)[: limit + 1])
+    return line if len(line) <= limit else line[:limit] + "…"

@@ -29,11 +29,12 @@ from smarthome.core.asyncio_loop import AsyncioLoop
 from smarthome.core.config import WebConfig
 from smarthome.core.envelope import HEARTBEAT_TOPIC, LightState, Message
 from smarthome.core.identity import Identity
+from smarthome.core.limits import TokenBucket
 from smarthome.core.logs import peer_warnings
 from smarthome.core.messaging import Outbox
 from smarthome.core.problems import explain
 from smarthome.core.protocol import Kind
-from smarthome.web.guard import Guard, TokenBucket, access_token, listen_host
+from smarthome.web.guard import Guard, access_token, listen_host
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"

@@ -26,7 +26,6 @@ import hmac
 import ipaddress
 import logging
 import os
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import NoReturn
@@ -37,7 +36,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from smarthome.core.config import LOOPBACK_ENV, Config, SetupError, WebConfig
 from smarthome.core.envelope import TOPIC
 from smarthome.core.keys import KeyRing, keys_dir, token_file
-from smarthome.core.logs import LimitedLines
+from smarthome.core.limits import TokenBucket
+from smarthome.core.logs import LimitedLines, escape
 
 log = logging.getLogger(__name__)
 
@@ -63,34 +63,6 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def listen_host(spec: WebConfig) -> str:
     """The address to bind: the configured one, except in local mode, which stays on loopback."""
     return "127.0.0.1" if os.environ.get(LOOPBACK_ENV) == "1" else spec.bind_host
-
-
-def escape(text: object, limit: int = 200) -> str:
-    """`text` fit for one log line: control characters escaped, cut at `limit` characters."""
-    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text)[: limit + 1])
-    return line if len(line) <= limit else line[:limit] + "…"
-
-
-class TokenBucket:
-    """`rate` events per second after a burst of `burst`: take() says whether one more may happen now."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-
-    def take(self) -> bool:
-        if self.empty():
-            return False
-        self.tokens -= 1
-        return True
-
-    def empty(self) -> bool:
-        """Whether no event may happen now (nothing taken)."""
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        return self.tokens < 1
 
 
 class Buckets:
