@@ -21,7 +21,7 @@ def test_broker_config_loads() -> None:
 
 def test_shipped_config_loads() -> None:
     config = load_config(SHIPPED_CONFIG)
-    assert set(config.services) == {"light-switch", "coffee-maker", "toaster", "smart-mirror", "web"}
+    assert set(config.services) == {"light-switch", "coffee-maker", "toaster", "smart-mirror", "web", "mqtt-bridge"}
     toaster = config.services["toaster"]
     assert isinstance(toaster, ApplianceConfig)
     assert toaster.subscribe.topics == ["light"]
@@ -106,6 +106,19 @@ BROKEN = {
         "  light-set: state",
         "services.light-switch.commands.topics[0]",
         "'light-set' is a state topic: 'commands' carry command topics",
+    ),
+    # The MQTT bridge (docs/home-assistant.md): a broker it can reach, and an MQTT user no service is.
+    "MQTT broker not tcp://HOST:PORT": (
+        'mqtt_broker: "tcp://mosquitto:1883"',
+        'mqtt_broker: "mqtt://mosquitto"',
+        "services.mqtt-bridge.mqtt_broker",
+        "malformed endpoint 'mqtt://mosquitto': expected tcp://HOST:PORT",
+    ),
+    "MQTT user named as a service": (
+        "client_user: home-assistant",
+        "client_user: web",
+        "services.mqtt-bridge.client_user",
+        "'web' is a service's name: pick another",
     ),
     "top-level type": (
         "max_message_bytes: 65536",
@@ -284,7 +297,7 @@ def test_unknown_service_name_is_a_config_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"smarthome: config error: {SHIPPED_CONFIG}: services: no service named 'kettle' "
-        "(have: light-switch, coffee-maker, toaster, smart-mirror, web)"
+        "(have: light-switch, coffee-maker, toaster, smart-mirror, web, mqtt-bridge)"
     )
 
 

@@ -30,6 +30,7 @@ from smarthome.core.config import CONFIG_ENV, Config, ConfigError, SetupError, j
 from smarthome.core.identity import Identity
 from smarthome.core.keys import KeyRing, KeysError, key_names, keys_dir, token_names
 from smarthome.core.logs import setup_logging
+from smarthome.mqtt.home import PASSWORD_SUFFIX, bridges, write_acl
 from smarthome.tools import cli, local
 
 # role -> the module whose `main(me, spec) -> exit code` runs it, imported only when that role runs
@@ -41,6 +42,7 @@ ENTRYPOINTS = {
     "radio": "smarthome.roles.radio",
     "broker": "smarthome.roles.broker",
     "web": "smarthome.web.forwarder",
+    "mqtt-bridge": "smarthome.mqtt.bridge",
 }
 
 
@@ -58,6 +60,11 @@ def make_keys(config: Config, owner: int | None) -> int:
     try:
         created = ring.ensure(key_names(config), owner)
         created += [f"{name}.token" for name in token_names(config) if ring.ensure_token(name, owner)]
+        homes = bridges(config)  # each MQTT user's password, and Mosquitto's ACL (docs/home-assistant.md)
+        users = [user for home in homes for user in home.users()]
+        created += [user + PASSWORD_SUFFIX for user in users if ring.ensure_token(user, owner, PASSWORD_SUFFIX)]
+        if homes:
+            write_acl(ring.directory, homes, ring.host_owner() if owner is not None else None)
     except OSError as exc:
         raise KeysError(str(ring.directory), "", f"cannot write keys: {exc.strerror or exc}") from None
     print(f"smarthome: keys in {ring.directory}: made {', '.join(created) or 'none, all there'}", file=sys.stderr)

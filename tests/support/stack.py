@@ -16,6 +16,7 @@ BROKER_FILES = ("docker-compose.yml", "docker-compose.broker.yml")  # the broker
 WIRINGS = {"direct": ("docker-compose.yml",), "broker": BROKER_FILES}  # compose files of each wiring
 COMPOSE_TIMEOUT = 300  # seconds for one compose command (a first build installs dependencies)
 HEALTHCHECK_INTERVAL = "SMARTHOME_HEALTHCHECK_INTERVAL"  # compose's healthcheck interval (conftest.py sets 1s)
+LAST_WORDS = {"mosquitto": "terminating"}  # a stopped service's last line: ours end with "stopped"
 
 
 class Stack:
@@ -25,9 +26,11 @@ class Stack:
         self.engine = engine
         self.project = f"smarthome-{kind}-{uuid.uuid4().hex[:8]}"
         self.files = [arg for f in files or ("docker-compose.yml",) for arg in ("-f", str(ROOT / f))]
+        self.profiles: list[str] = []  # compose profiles every command of this stack uses, e.g. ["mqtt"]
 
     def compose(self, *args: str) -> str:
-        command = ["docker", "compose", *self.files, "-p", self.project, *args]
+        profiles = [arg for profile in self.profiles for arg in ("--profile", profile)]
+        command = ["docker", "compose", *self.files, *profiles, "-p", self.project, *args]
         result = subprocess.run(command, capture_output=True, text=True, timeout=COMPOSE_TIMEOUT, cwd=ROOT)
         assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
         return result.stdout
@@ -70,7 +73,7 @@ class Stack:
             assert state["ExitCode"] == 0, f"{name} exited {state['ExitCode']} (137 = SIGKILLed)\n{self.all_logs()}"
             assert not state["OOMKilled"]
             if name != "keys":  # the one-shot that made the keys ended long before
-                assert self.logs(name).log_lines()[-1].endswith("stopped")
+                assert self.logs(name).log_lines()[-1].endswith(LAST_WORDS.get(name, "stopped"))
 
 
 class ServiceLogs(LogReader):

@@ -140,7 +140,26 @@ class WebConfig(_Service, tag="web"):
     ping_interval: Annotated[float, msgspec.Meta(ge=0.1, le=300)] = 20.0  # a browser silent to pings is closed
 
 
-ServiceConfig = LightSwitchConfig | ApplianceConfig | MirrorConfig | RadioConfig | BrokerConfig | WebConfig
+MqttLevel = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]  # one MQTT topic level, no wildcard
+
+
+class MqttBridgeConfig(_Service, tag="mqtt-bridge"):
+    """The home on an MQTT broker, for Home Assistant (docs/home-assistant.md); it commands like the dashboard."""
+
+    subscribe: Subscribe  # the states to show there (empty list: all)
+    commands: Publish  # where MQTT commands go: the light switches' commands topic
+    mqtt_broker: str  # tcp://HOST:PORT of the MQTT broker
+    topic_prefix: MqttLevel = "smarthome"  # states at PREFIX/SERVICE/TOPIC, the command at PREFIX/COMMAND-TOPIC
+    discovery_prefix: MqttLevel = "homeassistant"  # Home Assistant's MQTT discovery prefix
+    client_user: ServiceName = "home-assistant"  # the MQTT user that may read the home and send its command
+    keepalive: Annotated[int, msgspec.Meta(ge=1, le=600)] = 5  # seconds: a silent MQTT broker is left after 1.5x
+    command_rate: Annotated[float, msgspec.Meta(gt=0, le=100_000)] = 2.0  # MQTT commands per second...
+    command_burst: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5  # ...after a burst of this many
+
+
+ServiceConfig = (
+    LightSwitchConfig | ApplianceConfig | MirrorConfig | RadioConfig | BrokerConfig | WebConfig | MqttBridgeConfig
+)
 
 
 class Zmtp(_Strict):
@@ -272,6 +291,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     for name, service in services.items():
         if isinstance(service, WebConfig):
             _check_web(path, f"services.{name}", service)
+        if isinstance(service, MqttBridgeConfig):
+            _check_mqtt(config, f"services.{name}", service)
     return config
 
 
@@ -374,6 +395,13 @@ def _check_web(path: str, key: str, web: WebConfig) -> None:
         ipaddress.ip_address(web.bind_host)
     except ValueError:
         raise ConfigError(path, f"{key}.bind_host", f"'{web.bind_host}' is not an IP address") from None
+
+
+def _check_mqtt(config: Config, key: str, bridge: MqttBridgeConfig) -> None:
+    _check_endpoint(config.path, f"{key}.mqtt_broker", bridge.mqtt_broker, connect=True)
+    if bridge.client_user in config.services:  # each MQTT user's password is a file named after it
+        problem = f"'{bridge.client_user}' is a service's name: pick another"
+        raise ConfigError(config.path, f"{key}.client_user", problem)
 
 
 def _check_endpoint(path: str, key: str, endpoint: str, connect: bool) -> None:

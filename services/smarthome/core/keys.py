@@ -68,11 +68,12 @@ class KeyRing:
     def host_owner(self) -> int:
         return self.directory.stat().st_uid
 
-    def ensure_token(self, name: str, owner: int | None = None) -> bool:
-        """Make `name`'s dashboard token if it is missing (under the lock); whether it was made. The service's
-        user (`owner`) reads it, and so does the host's (the folder's group): `smarthome dashboard` prints it."""
+    def ensure_token(self, name: str, owner: int | None = None, suffix: str = ".token") -> bool:
+        """Make `name`'s dashboard token (or MQTT password: `suffix`) if it is missing (under the lock); whether it
+        was made. The service's user (`owner`) reads it, and so does the host's (the folder's group):
+        `smarthome dashboard` prints it, and Home Assistant's MQTT user is given its password."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.token_path(name)
+        path = self.token_path(name, suffix)
         with open(self.directory / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             made = not path.exists()
@@ -86,12 +87,12 @@ class KeyRing:
                 os.chown(path, owner, self.directory.stat().st_gid)
         return made
 
-    def token_path(self, name: str) -> Path:
-        return self.directory / f"{name}.token"
+    def token_path(self, name: str, suffix: str = ".token") -> Path:
+        return self.directory / f"{name}{suffix}"
 
-    def token(self, name: str) -> bytes:
-        """`name`'s dashboard token (OSError if it cannot be read)."""
-        return self.token_path(name).read_text(encoding="ascii").strip().encode()
+    def token(self, name: str, suffix: str = ".token") -> bytes:
+        """`name`'s dashboard token, or MQTT password (OSError if it cannot be read)."""
+        return self.token_path(name, suffix).read_text(encoding="ascii").strip().encode()
 
     def pair(self, name: str) -> tuple[bytes, bytes]:
         """(public, secret) of `name`, z85-encoded."""
