@@ -31,6 +31,16 @@ BENCHMARKS = [
         "two hops in raw pyzmq containers (through `zmq.proxy` for the broker wiring), in the same run.",
     ),
     (
+        "mqtt_bridge",
+        ["mqtt_bridge"],
+        True,
+        "The light switched from an MQTT client (paho-mqtt, signed in as Home Assistant) through Mosquitto and the "
+        "bridge, to the mirror's view retained on MQTT, beside the same command sent as `smarthome light` sends "
+        "it (the baseline), interleaved; both come back the same way. Clients stay connected and set "
+        "TCP_NODELAY, as the bridge and Mosquitto do: without it, paho's second small packet waits for the "
+        "first's delayed ACK, and a toggle takes about 40 ms more.",
+    ),
+    (
         "throughput-1x1",
         ["throughput", "--fan", "1"],
         True,

@@ -8,6 +8,7 @@ it are dropped there and counted, and the loop tells the count.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 
@@ -20,6 +21,11 @@ RECONNECT_AFTER = (0.25, 1.0)  # seconds: the first wait to reconnect, doubled u
 STOP_WAIT = 0.3  # seconds to say offline, and then to leave: a stop takes well under a second
 QUEUED_MAX = 1000  # messages paho may hold while it connects (each connect republishes everything anyway)
 log = logging.getLogger(__name__)
+
+
+def nodelay(client: paho.Client, _: object, sock: socket.socket) -> None:
+    """Each small message sent at once: with Nagle, the second of a burst waits for the first's delayed ACK (40 ms)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Mqtt:
@@ -42,6 +48,7 @@ class Mqtt:
         client.max_queued_messages_set(QUEUED_MAX)
         client.on_connect, client.on_connect_fail = self._on_connect, self._on_connect_fail
         client.on_disconnect, client.on_message = self._on_disconnect, self._on_message
+        client.on_socket_open = nodelay
 
     def start(self) -> None:
         host, _, port = self.broker.removeprefix("tcp://").rpartition(":")
