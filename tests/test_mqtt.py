@@ -16,7 +16,8 @@ import msgspec
 import pytest
 from smarthome.core.config import load_config
 from smarthome.core.envelope import ApplianceStatus, LightState, MirrorView
-from smarthome.mqtt.home import ACL_FILE, PASSWORD_SUFFIX, MqttHome
+from smarthome.core.keys import Policy
+from smarthome.mqtt.home import ACL_FILE, OFFLINE, ONLINE, PASSWORD_SUFFIX, MqttHome, Shown
 
 from .support.base import BROKER_CONFIG, ROOT, SHIPPED_CONFIG
 
@@ -199,3 +200,28 @@ def test_smarthome_keys_makes_each_mqtt_users_password_and_the_acl(tmp_path: Pat
     )
     assert "made none, all there" in again.stderr
     assert {path.read_text() for path in keys.glob(f"*{PASSWORD_SUFFIX}")} == passwords  # kept, not remade
+
+
+def test_the_bridge_may_send_the_light_set_command_and_nothing_else() -> None:
+    """[A1] Its own key lets it say what the dashboard may: light-set, as itself; never a state of the home."""
+    policy = Policy(load_config(SHIPPED_CONFIG))
+    assert policy.refuses("mqtt-bridge", "mqtt-bridge@x", "light-set") is None
+    assert policy.refuses("mqtt-bridge", "mqtt-bridge@x", "light") == "mqtt-bridge may not publish 'light'"
+    assert policy.refuses("mqtt-bridge", "light-switch@x", "light-set") == "mqtt-bridge sent as light-switch@x"
+
+
+def test_a_service_is_online_while_one_of_its_senders_is_and_shows_its_newest_state() -> None:
+    shown = Shown()
+    assert shown.online("toaster") == OFFLINE and shown.state("toaster") is None
+    assert shown.heard("toaster", "toaster@a") and not shown.heard("toaster", "toaster@a")  # news once
+    shown.took("toaster", "toaster@a", b"A1")
+    assert shown.heard("toaster", "toaster@b")
+    shown.took("toaster", "toaster@b", b"B1")
+    shown.took("toaster", "toaster@a", b"A2")
+    assert shown.online("toaster") == ONLINE and shown.state("toaster") == b"A2"
+    assert shown.forgot("toaster", "toaster@b") is None  # not the one shown: nothing to show anew
+    shown.took("toaster", "toaster@b", b"B2")
+    assert shown.forgot("toaster", "toaster@b") == b"A2"  # the one shown left: the other's is shown now
+    assert shown.online("toaster") == ONLINE
+    assert shown.forgot("toaster", "toaster@a") is None
+    assert shown.online("toaster") == OFFLINE and shown.state("toaster") is None
