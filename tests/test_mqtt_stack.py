@@ -72,7 +72,8 @@ def test_home_assistant_finds_the_home_and_switches_the_light_over_mqtt(stack: S
 
     refused = [publish("smarthome/light-set", "OFF", user=None), publish("smarthome/light-set", "OFF", secret="x")]
     assert all(r.returncode != 0 and "not authorised" in r.stderr for r in refused), refused
-    assert not publish("smarthome/light-switch/light", '{"state": "OFF"}').returncode  # taken, but the ACL drops it
+    assert not publish("smarthome/light-switch/light", '{"state": "OFF"}').returncode  # acknowledged (QoS 1)...
+    assert retained()["smarthome/light-switch/light"] == '{"state":"ON"}'  # ...but dropped: the ACL lets it not write
 
     assert not publish("smarthome/light-set", "OFF").returncode
     stack.logs("smart-mirror").wait_for(ALL_IDLE)
@@ -115,6 +116,7 @@ def test_the_bridge_refuses_bad_input_and_outlives_restarts_of_either_side(stack
     wait_until(lambda: len([t for t in retained() if t.endswith("/config")]) == 4, "discovery again", 3)
 
     # The bridge crashes: its last will says offline, the home's states stay; back, it says online again.
+    wait_until(lambda: shows("ON", READY) or shows("OFF", IDLE), "the home steady", 30, stack.all_logs)
     states = {topic: payload for topic, payload in retained().items() if not topic.endswith("availability")}
     watch = ["-t", "smarthome/mqtt-bridge/availability", "-C", "3", "-W", "60"]  # retained online, offline, online
     with subprocess.Popen(
