@@ -13,10 +13,12 @@ from typing import Any
 
 import jinja2
 import msgspec
+import paho.mqtt.client as paho
 import pytest
 from smarthome.core.config import load_config
 from smarthome.core.envelope import ApplianceStatus, LightState, MirrorView
 from smarthome.core.keys import Policy
+from smarthome.mqtt.client import Mqtt
 from smarthome.mqtt.home import ACL_FILE, OFFLINE, ONLINE, PASSWORD_SUFFIX, MqttHome, Shown
 
 from .support.base import BROKER_CONFIG, ROOT, SHIPPED_CONFIG
@@ -225,3 +227,17 @@ def test_a_service_is_online_while_one_of_its_senders_is_and_shows_its_newest_st
     assert shown.online("toaster") == ONLINE
     assert shown.forgot("toaster", "toaster@a") is None
     assert shown.online("toaster") == OFFLINE and shown.state("toaster") is None
+
+
+def test_what_breaks_on_the_mqtt_thread_ends_the_service_with_code_1() -> None:
+    """A callback on paho's thread that raises is handed to the loop, which exits 1: never a bridge that has
+    silently stopped taking commands."""
+    handed: list = []
+    mqtt = Mqtt(homes()[0], "password", handed.append)
+    mqtt.commands.take = lambda: 1 / 0  # what a bug would do
+    message = paho.MQTTMessage(topic=b"smarthome/light-set")
+    mqtt.client.on_message(mqtt.client, None, message)
+    [failed] = handed
+    with pytest.raises(SystemExit) as ended:
+        failed()
+    assert ended.value.code == 1

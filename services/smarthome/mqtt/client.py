@@ -46,9 +46,9 @@ class Mqtt:
         client.will_set(home.bridge_availability, OFFLINE, qos=1, retain=True)  # a crash says offline too
         client.reconnect_delay_set(*RECONNECT_AFTER)
         client.max_queued_messages_set(QUEUED_MAX)
-        client.on_connect, client.on_connect_fail = self._on_connect, self._on_connect_fail
-        client.on_disconnect, client.on_message = self._on_disconnect, self._on_message
-        client.on_socket_open = nodelay
+        client.on_connect, client.on_disconnect = self._guarded(self._on_connect), self._guarded(self._on_disconnect)
+        client.on_connect_fail = self._guarded(self._on_connect_fail)
+        client.on_message, client.on_socket_open = self._guarded(self._on_message), self._guarded(nodelay)
 
     def start(self) -> None:
         host, _, port = self.broker.removeprefix("tcp://").rpartition(":")
@@ -74,6 +74,17 @@ class Mqtt:
         return dropped
 
     # --- on paho's thread: hand over, nothing more ---
+
+    def _guarded(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """`callback` for paho's thread: what it raises ends the service (exit 1), not paho's thread in silence."""
+
+        def run(*args: object) -> None:
+            try:
+                callback(*args)
+            except Exception as exc:
+                self.soon(lambda failure=exc: self._failed(failure))  # bound now: `exc` is gone after the block
+
+        return run
 
     def _on_connect(self, client: paho.Client, _: object, __: object, reason: paho.ReasonCode, ___: object) -> None:
         if reason.is_failure:
@@ -105,6 +116,10 @@ class Mqtt:
     def _connected(self) -> None:
         self.trouble = ""
         self.on_connected()
+
+    def _failed(self, exc: Exception) -> None:
+        log.error("%s MQTT client failed: %r", self.home.spec.name, exc)
+        raise SystemExit(1)
 
     def _tell(self, trouble: str) -> None:
         if trouble != self.trouble:
