@@ -141,3 +141,19 @@ def test_the_swarm_stack_publishes_only_the_hub_ports_in_host_mode_on_the_manage
             assert service["deploy"]["placement"]["constraints"] == ["node.role == manager"], name
             published[port["published"]] = name
     assert published == {8080: "web", 5559: "broker", 5560: "broker"}
+
+
+def test_every_long_running_container_is_hardened() -> None:
+    """Ours and Mosquitto alike: read-only root, no capabilities, no privilege gain, memory and pids bounded, a
+    healthcheck, restarted after a crash (the images set a non-root user: Dockerfile, services/mosquitto/)."""
+    services = yaml.load((ROOT / "docker-compose.yml").read_text(), ComposeLoader)["services"]
+    running = {name: s for name, s in services.items() if name not in ("keys", "base")}
+    assert {"mosquitto", "mqtt-bridge", "light-switch", "web"} <= set(running)
+    for name, service in running.items():
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+        assert service["security_opt"] == ["no-new-privileges:true"] and service["restart"] == "on-failure", name
+        assert set(service["deploy"]["resources"]["limits"]) == {"memory", "pids"}, name
+        assert "test" in service["healthcheck"] and not service["healthcheck"].get("disable"), name
+    for dockerfile in (ROOT / "Dockerfile", ROOT / "services" / "mosquitto" / "Dockerfile"):
+        user = [line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("USER ")]
+        assert user and user[-1] not in ("root", "0"), dockerfile
