@@ -177,30 +177,18 @@ def test_the_acl_lets_home_assistant_read_the_home_and_write_the_command_only() 
 
 def test_smarthome_keys_makes_each_mqtt_users_password_and_the_acl(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
-    env = {"SMARTHOME_KEYS": str(keys), "PATH": "/usr/bin:/bin"}
-    command = [sys.executable, "-m", "smarthome", "keys"]
-    made = subprocess.run(
-        command,
-        env=env | {"SMARTHOME_CONFIG": str(SHIPPED_CONFIG)},
-        cwd=ROOT,
-        text=True,
-        capture_output=True,
-        check=True,
-    )
-    assert "mqtt-bridge.mqtt-password, home-assistant.mqtt-password" in made.stderr
+    env = {"SMARTHOME_KEYS": str(keys), "SMARTHOME_CONFIG": str(SHIPPED_CONFIG), "PATH": "/usr/bin:/bin"}
+
+    def make_keys() -> str:
+        command = [sys.executable, "-m", "smarthome", "keys"]
+        return subprocess.run(command, env=env, cwd=ROOT, text=True, capture_output=True, check=True).stderr
+
+    assert "mqtt-bridge.mqtt-password, home-assistant.mqtt-password" in make_keys()
     passwords = {path.read_text() for path in keys.glob(f"*{PASSWORD_SUFFIX}")}
     assert len(passwords) == 2 and all(len(p.strip()) >= 40 for p in passwords)
     assert all(path.stat().st_mode & 0o077 == 0 for path in keys.glob(f"*{PASSWORD_SUFFIX}"))
     assert (keys / ACL_FILE).read_text() == homes()[0].acl()
-    again = subprocess.run(
-        command,
-        env=env | {"SMARTHOME_CONFIG": str(SHIPPED_CONFIG)},
-        cwd=ROOT,
-        text=True,
-        capture_output=True,
-        check=True,
-    )
-    assert "made none, all there" in again.stderr
+    assert "made none, all there" in make_keys()
     assert {path.read_text() for path in keys.glob(f"*{PASSWORD_SUFFIX}")} == passwords  # kept, not remade
 
 
