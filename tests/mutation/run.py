@@ -39,7 +39,7 @@ INTRO = (
 )
 # Builds a wheel of the checkout's layout (services/), which this copy does not have: not about core or roles.
 PACKAGING = "tests/test_cli.py::test_the_wheel_installs_a_working_command_with_dashboard_and_configs"
-COPIED = ["tests", "config", "docs", "README.md", "Dockerfile", "requirements.txt", ".ci", "swarm"]
+COPIED = ["tests", "config", "docs", "README.md", "Dockerfile", "requirements.txt", ".ci", "swarm", "services/mosquitto"]
 
 
 def settings() -> str:
