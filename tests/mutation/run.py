@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 WORKSPACE = ROOT / ".mutation"
 MUTATE = ["src/smarthome/core/*", "src/smarthome/roles/*"]
+MUTATED = tuple(MUTATE)  # what mutmut owns in its copy, whatever one run's --only picks
+NO_TESTS = 33  # mutmut's exit code for a mutant no test reached
 README_SECTION = "## Mutation testing"
 INTRO = (
     "Do the tests notice when the code is wrong? `pip install -e '.[mutation]'`, then "
@@ -39,7 +41,8 @@ INTRO = (
 )
 # Builds a wheel of the checkout's layout (services/), which this copy does not have: not about core or roles.
 PACKAGING = "tests/test_cli.py::test_the_wheel_installs_a_working_command_with_dashboard_and_configs"
-COPIED = ["tests", "config", "docs", "README.md", "Dockerfile", "requirements.txt", ".ci", "swarm", "services/mosquitto"]
+COPIED = ["tests", "config", "docs", "README.md", "Dockerfile", "requirements.txt", ".ci", "swarm"]
+COPIED += ["services/mosquitto"]
 
 
 def settings() -> str:
@@ -57,6 +60,10 @@ def workspace() -> None:
     """The project as mutmut wants it, refreshed from the checkout (unchanged files keep their times)."""
     src = WORKSPACE / "src"
     src.mkdir(parents=True, exist_ok=True)
+    for root in (src, WORKSPACE / "mutants" / "src"):
+        for copy in root.rglob("*.py"):  # a module the checkout no longer has
+            if not (ROOT / "services" / copy.relative_to(root)).exists():
+                copy.unlink()
     shutil.copytree(ROOT / "services" / "smarthome", src / "smarthome", dirs_exist_ok=True)
     for name in [*COPIED, *(p.name for p in ROOT.glob("docker-compose*.yml"))]:
         source = ROOT / name
@@ -68,10 +75,10 @@ def workspace() -> None:
     mutants = WORKSPACE / "mutants" / "src"
     if mutants.is_dir():  # mutmut copies the package once and then only what it mutates: the rest must follow
 
-        def mutated(directory: str, names: list[str]) -> list[str]:
+        def mutated(directory: str, names: list[str]) -> list[str]:  # never overwrite mutmut's own files
             under = Path(directory).relative_to(ROOT / "services")
             return [
-                n for n in names if n == "__pycache__" or any(fnmatch.fnmatch(f"src/{under}/{n}", m) for m in MUTATE)
+                n for n in names if n == "__pycache__" or any(fnmatch.fnmatch(f"src/{under}/{n}", m) for m in MUTATED)
             ]
 
         shutil.copytree(ROOT / "services" / "smarthome", mutants / "smarthome", dirs_exist_ok=True, ignore=mutated)
@@ -80,14 +87,16 @@ def workspace() -> None:
 def measure_anew() -> None:
     """mutmut measures which test reaches which function once, and on a later run only for new tests: a test
     that has since come to reach a new function would never be run against its mutants. So each start measures
-    it all again, and the survivors are tried again with what it finds; a killed mutant stays killed."""
+    it all again, and the survivors and those no test reached are tried again with what it finds; a killed
+    mutant stays killed."""
     mutants = WORKSPACE / "mutants"
     (mutants / "mutmut-stats.json").unlink(missing_ok=True)
     for meta in mutants.rglob("*.meta"):
         data = json.loads(meta.read_text())
         codes = data.get("exit_code_by_key", {})
-        if 0 in codes.values():
-            data["exit_code_by_key"] = {name: None if code == 0 else code for name, code in codes.items()}
+        if {0, NO_TESTS} & set(codes.values()):  # survived, or reached by no test: try again with what it finds
+            retried = (0, NO_TESTS)
+            data["exit_code_by_key"] = {name: None if code in retried else code for name, code in codes.items()}
             meta.write_text(json.dumps(data, indent=4))
 
 
