@@ -24,6 +24,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestServer
 from smarthome.core.config import load_config
 from smarthome.core.identity import Identity
+from smarthome.core.limits import TokenBucket
 from smarthome.core.logs import LINES_PER_SECOND
 from smarthome.web.forwarder import FORWARDER, MAX_COMMAND_BYTES, make_app
 from smarthome.web.guard import GUESSES_BURST, TOKEN_COOKIE, TOKEN_REQUIRED
@@ -375,3 +376,15 @@ async def test_the_page_asks_for_the_token_and_keeps_it_as_a_cookie(web: Any) ->
             await expect(form).to_be_hidden()
         finally:
             await browser.close()
+
+
+def test_a_token_bucket_allows_its_burst_then_its_rate_and_never_more_than_its_burst() -> None:
+    now = [100.0]
+    bucket = TokenBucket(2, 3, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    now[0] += 0.5  # 2 a second: exactly one more
+    assert bucket.take() and not bucket.take()
+    now[0] += 0.4  # 0.8 of one: not yet
+    assert bucket.empty() and not bucket.take()
+    now[0] += 3600  # an idle hour gives back the burst, no more
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
