@@ -18,12 +18,13 @@ import pytest
 import zmq
 import zmq.asyncio
 from aiohttp import WSMsgType
+from smarthome.core.asyncio_loop import AsyncioLoop
 from smarthome.core.config import load_config
 from smarthome.core.envelope import Message, encode
 from smarthome.core.identity import Identity
 from smarthome.web.forwarder import FORWARDER, make_app
 
-from tests.support.base import DEADLINE, wait_until_async
+from tests.support.base import DEADLINE, SHIPPED_CONFIG, wait_until_async
 from tests.support.peers import as_page
 from tests.support.processes import endpoint, free_port, loopback_config
 
@@ -248,3 +249,26 @@ async def test_sigterm_closes_browsers_with_going_away_and_exits_0(tmp_path: Pat
         assert (frame.type, frame.data, frame.extra) == (WSMsgType.CLOSE, 1001, "server shutting down")
     assert web.stop() == 0
     assert web.lines[-1].endswith("WEB stopped")
+
+
+async def test_a_background_task_that_dies_stops_the_service_as_failed(caplog: pytest.LogCaptureFixture) -> None:
+    """Every task of the asyncio loop is supervised: one that dies sets `done` and `failed` (the web then exits 1),
+    with a line saying which; one cancelled at a stop is no failure."""
+    loop = AsyncioLoop(Identity("web", load_config(SHIPPED_CONFIG)))
+
+    async def waits() -> None:
+        await asyncio.Event().wait()
+
+    async def dies() -> None:
+        raise RuntimeError("boom")
+
+    loop.spawn(waits())
+    [waiting] = loop.tasks
+    waiting.cancel()
+    await asyncio.sleep(0)  # ok: one turn of the event loop, for the cancelled task's callback
+    await asyncio.sleep(0)  # ok: and the next
+    assert not loop.done.is_set() and not loop.failed
+    loop.spawn(dies())
+    await asyncio.wait_for(loop.done.wait(), DEADLINE)
+    assert loop.failed
+    assert "WEB stopping: a background task died: RuntimeError('boom')" in caplog.text
