@@ -6,6 +6,7 @@ and runs without them (`pip install -e '.[fast]'`).
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -100,3 +101,12 @@ def stack(engine: docker.DockerClient, built: None, request: pytest.FixtureReque
     finally:
         print(stack.all_logs())  # pytest shows it when the test failed
         stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "5")
+
+
+def pytest_sessionfinish() -> None:
+    """Close every zmq context a failed test left open, without waiting for its unsent messages: at exit pytest
+    collects the garbage, and a context collected with sockets still open waits for them for ever (their
+    linger), so a run whose code was broken on purpose (tests/mutation/) would never end."""
+    for leaked in gc.get_objects():
+        if isinstance(leaked, zmq.Context) and not leaked.closed:
+            leaked.destroy(linger=0)

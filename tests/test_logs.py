@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from smarthome.core.config import load_config
 from smarthome.core.envelope import HEARTBEAT_TOPIC, Message, encode
-from smarthome.core.logs import LINES_PER_SECOND, PEERS_COUNTED, LimitedLines, TextFormatter, held_lines
+from smarthome.core.logs import LINES_PER_SECOND, PEERS_COUNTED, LimitedLines, TextFormatter, escape, held_lines
 from smarthome.core.messaging import Subscriber
 from smarthome.core.sockets import guarded
 
@@ -149,3 +149,23 @@ def test_one_service_refused_instances_do_not_hide_another_services(tmp_path: Pa
     said = out.getvalue()
     assert said.count("MIRROR refused toaster@") <= 2 * LINES_PER_SECOND, said  # held back past its share
     assert "MIRROR refused coffee-maker@" in said, said  # the coffee maker's own share
+
+
+ESCAPED = {
+    "plain words and café ☕ stay as they are": "plain words and café ☕ stay as they are",
+    "a\nforged line": "a\\nforged line",
+    "\x1b[31mred\x00": "\\x1b[31mred\\x00",
+    "x" * 12: "x" * 12,  # exactly the limit: kept whole
+    "x" * 13: "x" * 12 + "…",
+    "x" * 11 + "\n": "x" * 11 + "\\n"[:1] + "…",  # escaped past the limit: cut all the same
+}
+
+
+@pytest.mark.parametrize("text", ESCAPED, ids=range(len(ESCAPED)))
+def test_escape_makes_text_one_printable_line_of_at_most_its_limit(text: str) -> None:
+    limit = 12 if text.startswith("x") else 200
+    assert escape(text, limit) == ESCAPED[text]
+
+
+def test_escape_cuts_at_200_characters_unless_told() -> None:
+    assert escape("y" * 200) == "y" * 200 and escape("y" * 201) == "y" * 200 + "…"
