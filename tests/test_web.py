@@ -272,3 +272,24 @@ async def test_a_background_task_that_dies_stops_the_service_as_failed(caplog: p
     await asyncio.wait_for(loop.done.wait(), DEADLINE)
     assert loop.failed
     assert "WEB stopping: a background task died: RuntimeError('boom')" in caplog.text
+
+
+async def test_the_asyncio_loop_hands_each_message_with_the_connection_it_came_on() -> None:
+    """`watch(..., source=True)` on asyncio, as on the poller: every frame, and the descriptor of its connection
+    (what the per-connection subscription cap counts by [P6])."""
+    loop = AsyncioLoop(Identity("web", load_config(SHIPPED_CONFIG)))
+    context = zmq.asyncio.Context()
+    pull, push = context.socket(zmq.PULL), context.socket(zmq.PUSH)
+    try:
+        push.connect(f"tcp://127.0.0.1:{pull.bind_to_random_port('tcp://127.0.0.1')}")
+        got: list[tuple[list[bytes], int]] = []
+        loop.watch(pull, lambda frames, connection: got.append((frames, connection)), source=True)
+        await push.send_multipart([b"light", b"{}"])
+        await push.send_multipart([b"toast", b"{}"])
+        await wait_until_async(lambda: len(got) == 2, "two messages")
+        assert [frames for frames, _ in got] == [[b"light", b"{}"], [b"toast", b"{}"]]
+        assert got[0][1] == got[1][1] > 2  # one connection, a descriptor of its own
+    finally:
+        for task in loop.tasks:
+            task.cancel()
+        context.destroy(linger=0)
