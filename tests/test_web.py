@@ -22,6 +22,7 @@ from smarthome.core.asyncio_loop import AsyncioLoop
 from smarthome.core.config import load_config
 from smarthome.core.envelope import Message, encode
 from smarthome.core.identity import Identity
+from smarthome.core.keys import KeyRing
 from smarthome.web.forwarder import FORWARDER, make_app
 
 from tests.support.base import DEADLINE, SHIPPED_CONFIG, wait_until_async
@@ -293,3 +294,28 @@ async def test_the_asyncio_loop_hands_each_message_with_the_connection_it_came_o
         for task in loop.tasks:
             task.cancel()
         context.destroy(linger=0)
+
+
+async def test_the_asyncio_loop_hands_each_message_with_the_key_its_peer_signed_in_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`watch(..., peer=True)` on asyncio: every frame, and the name of the CurveZMQ key the peer used [A1]."""
+    monkeypatch.setenv("SMARTHOME_KEYS", str(tmp_path / "keys"))
+    loop = AsyncioLoop(Identity("web", load_config(SHIPPED_CONFIG)))  # curve: true; the keys are made here
+    loop.open()
+    client = zmq.asyncio.Context()
+    try:
+        pull = loop.sockets.make(zmq.PULL, bind="tcp://127.0.0.1:*")
+        got: list[tuple[list[bytes], str]] = []
+        loop.watch(pull, lambda frames, peer: got.append((frames, peer)), peer=True)
+        ring = KeyRing(tmp_path / "keys")
+        push = client.socket(zmq.PUSH)
+        push.curve_publickey, push.curve_secretkey = ring.pair("tools")
+        push.curve_serverkey = ring.public("web")
+        push.connect(pull.last_endpoint.decode())
+        await push.send_multipart([b"light-set", b"{}"])
+        await wait_until_async(lambda: got, "a message")
+        assert got == [([b"light-set", b"{}"], "tools")]
+    finally:
+        client.destroy(linger=0)
+        await loop.close()
