@@ -3,7 +3,7 @@
     .venv/bin/python -m tests.bench.home_assistant [--toggles N]
 
 Too slow for CI (Home Assistant and its pinned dependencies install into a virtualenv of their own, in
-tests/out/home-assistant/, about two minutes the first time), so a script beside the benchmarks. It brings up the
+~/.cache/smarthome/, about two minutes the first time), so a script beside the benchmarks. It brings up the
 stack with `--profile mqtt` (direct wiring; prep_time 0 and the bridge's rate limit lifted, as in mqtt_bridge.py,
 so that a switch is timed and not the toast), starts Home Assistant on 127.0.0.1:8123 with an empty config, and
 does what a user does: onboarding (the owner account), then the MQTT integration through its config flow (broker
@@ -42,7 +42,10 @@ HOME_ASSISTANT = "homeassistant==2024.3.3"
 # It installs what its integrations need as it loads them (the first start takes minutes); josepy before 2.0 is
 # needed by its cloud library's acme, which does not pin it (2.0 dropped ComparableX509).
 REQUIREMENTS = ["josepy==1.14.0"]
-PLACE = ROOT / "tests" / "out" / "home-assistant"
+PLACE = ROOT / "tests" / "out" / "home-assistant"  # its config and log of the last run
+# Its virtualenv (half a gigabyte, made once) is a cache outside the checkout, not an output of the run.
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+VENV = CACHE / "smarthome" / HOME_ASSISTANT.replace("==", "-")
 URL = "http://127.0.0.1:8123"
 CLIENT_ID = f"{URL}/"
 ENTITIES = {  # entity id -> its state with the light ON
@@ -79,7 +82,7 @@ logger:
 
 
 def venv() -> Path:
-    python = PLACE / "venv" / "bin" / "python"
+    python = VENV / "bin" / "python"
     if not python.exists():
         subprocess.run([shutil.which("python3") or "python3", "-m", "venv", str(python.parent.parent)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", HOME_ASSISTANT, *REQUIREMENTS], check=True)
@@ -153,7 +156,8 @@ def main() -> None:
     options = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))
     python = venv()
-    version = subprocess.run([str(python.parent / "hass"), "--version"], capture_output=True, text=True).stdout.strip()
+    command = [str(python), "-m", "homeassistant"]  # its scripts' first lines name where the virtualenv was made
+    version = subprocess.run([*command, "--version"], capture_output=True, text=True).stdout.strip()
     top = header(
         "The home in Home Assistant, through the MQTT bridge",
         " ".join(["python -m tests.bench.home_assistant", *sys.argv[1:]]),
@@ -176,9 +180,7 @@ def main() -> None:
         subprocess.run(up, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
         started = time.monotonic()
         with open(PLACE / "hass.log", "w") as log:
-            hass = subprocess.Popen(
-                [str(python.parent / "hass"), "-c", str(config)], stdout=log, stderr=subprocess.STDOUT
-            )
+            hass = subprocess.Popen([*command, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
         token = sign_in()
         entry = add_mqtt(token)
         if entry.get("type") != "create_entry":
