@@ -2,9 +2,10 @@
 
     .venv/bin/python -m tests.bench.hop_cost [--messages 200000] [--wakeups 200]
 
-warm    MESSAGES messages of 100 B queued on loopback in advance, then read: by a raw SUB (one frame, `recv`,
-        no envelope) and by our subscribe() on a Loop (receive, envelope, body, duplicate and gap checks, the
-        handler). Microseconds per message, medians of 3, interleaved.
+warm    MESSAGES messages of 100 B queued on loopback in advance, then read: by a raw SUB (`recv` twice, no
+        check), then adding one thing at a time of what ours does (each frame's more flag, the envelope decoded
+        and typed), and by our subscribe() on a Loop (also the sender, duplicate and gap checks, the handler).
+        Microseconds per message, medians of 3, interleaved.
 wakeup  Each operation is the first thing this process does after a 50 ms sleep (as a service's first work
         for a message), then done again at once: p50 over WAKEUPS sleeps, operations interleaved. On a
         shared virtual machine the first run of any code after a sleep is many times slower than the next,
@@ -15,6 +16,7 @@ Writes tests/bench/results/hop_cost.md. Nothing is asserted; loopback only.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import logging
 import sys
@@ -26,7 +28,7 @@ from smarthome.core.envelope import Message, decode, encode
 from smarthome.core.logs import HoldingLogger, TextFormatter, held_lines
 
 from tests.bench.benchlib import header, load, median, percentile, table, write
-from tests.bench.workers import Ours, pad_for
+from tests.bench.workers import Ours, Pad, pad_for
 
 TOPIC = "bench"
 HELD = "log a line, held (the loop's way)"  # the one operation run with its log call held
@@ -48,7 +50,34 @@ def fill(pub: zmq.Socket, messages: list[list[bytes]]) -> None:
         pub.send(payload)
 
 
-def warm_raw(messages: list[list[bytes]]) -> float:
+def raw_two(sub: zmq.Socket) -> None:
+    sub.recv()  # the topic frame
+    sub.recv()  # and the payload, trusted to belong to it: raw does not look
+
+
+def checked_two(sub: zmq.Socket) -> list[bytes]:
+    """Our loop's receive: each frame with its more flag, so a stray frame cannot pair with another message's."""
+    frame = sub.recv(copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = sub.recv(copy=False)
+        frames.append(frame.bytes)
+    return frames
+
+
+def decoded_two(sub: zmq.Socket) -> None:
+    decode(checked_two(sub), Pad)
+
+
+# The ladder from raw to ours, each step adding one thing every message of ours gets (before the protocol's rules).
+READERS: dict[str, Callable[[zmq.Socket], object]] = {
+    "raw SUB, `recv` x 2 (the frames not checked to be one message)": raw_two,
+    "+ each frame's more flag checked (`recv(copy=False)`, as our loop reads)": checked_two,
+    "+ the envelope decoded, its body typed (msgspec)": decoded_two,
+}
+
+
+def warm_reader(messages: list[list[bytes]], read: Callable[[zmq.Socket], object]) -> float:
     count = len(messages)
     context, pub, endpoint = queued()
     sub = context.socket(zmq.SUB)
@@ -58,8 +87,7 @@ def warm_raw(messages: list[list[bytes]]) -> float:
     sub.poll(10_000)
     started = time.perf_counter()
     for _ in range(count):
-        sub.recv()  # the topic frame
-        sub.recv()  # and the payload, which raw does not look into
+        read(sub)
     elapsed = time.perf_counter() - started
     context.destroy(linger=0)
     return elapsed / count
@@ -146,21 +174,25 @@ def main() -> None:
         encode(Message(TOPIC, "hop-pub@bench", life, seq, time.time(), body)) for seq in range(1, options.messages + 1)
     ]
     frames = messages[0]
-    runs: dict[str, list[float]] = {"raw": [], "ours": []}
+    ours_name = "ours: subscribe() on a Loop (+ the sender, the protocol's rules, the handler)"
+    measures = {name: functools.partial(warm_reader, read=read) for name, read in READERS.items()}
+    measures[ours_name] = warm_ours
+    runs: dict[str, list[float]] = {name: [] for name in measures}
     loads = [load()]
     for _ in range(3):
-        for path, measure in (("raw", warm_raw), ("ours", warm_ours)):
-            runs[path].append(measure(messages))
+        for name, measure in measures.items():  # interleaved
+            runs[name].append(measure(messages))
     loads.append(load())
-    raw, ours = median(runs["raw"]) * 1e6, median(runs["ours"]) * 1e6
+    micros = {name: median(times) * 1e6 for name, times in runs.items()}
+    raw = next(iter(micros.values()))
     cold = wakeups(frames, options.wakeups)
     loads.append(load())
     text = top + f"- load during the run: {min(loads):.2f}-{max(loads):.2f}\n\n"
-    text += f"Warm: {options.messages:,} queued 100 B messages per run, medians of 3.\n\n"
-    rows = [
-        ["raw SUB, `recv` x 2", f"{raw:.2f}", "1.00"],
-        ["ours: subscribe() on a Loop", f"{ours:.2f}", f"{ours / raw:.2f}"],
-    ]
+    text += (
+        f"Warm: {options.messages:,} queued 100 B messages per run, medians of 3, interleaved. From raw to ours, "
+        "each row adding one thing every message of ours gets:\n\n"
+    )
+    rows = [[name, f"{us:.2f}", f"{us / raw:.2f}"] for name, us in micros.items()]
     text += table(["subscriber", "us per message", "x raw"], rows, right={1, 2})
     text += f"\nRight after a wakeup: p50 over {options.wakeups} sleeps of 50 ms per operation.\n\n"
     text += table(

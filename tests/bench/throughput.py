@@ -519,7 +519,7 @@ def report(top: str, fan: int, cases: list[Case], runs: dict[tuple[str, int], li
             ]
         )
     reps = len(next(iter(runs.values())))
-    goals = goals_table(cells, fan)
+    goals = goals_table(cells, fan, profiled=any(r[0].get("profile") for r in runs.values()))
     text = (
         top + f"- method: {reps} repetitions per case, interleaved; medians; latency percentiles pooled over the "
         f"repetitions; drain: {DRAIN_SECONDS:g} s flat out; lossless: paced probes of {PROBE_SECONDS:g} s, "
@@ -596,7 +596,7 @@ def home_table(cells: dict, cases: list[Case], fan: int) -> str:
     )
 
 
-def goals_table(cells: dict, fan: int) -> str:
+def goals_table(cells: dict, fan: int, profiled: bool = False) -> str:
     """The goals at 100 B, from this run: lossless ratios, and at a home's rates latency and CPU per message
     against the paths people pick today (direct against Zenoh peer to peer, broker against NATS)."""
     size = min(SIZES)
@@ -631,7 +631,53 @@ def goals_table(cells: dict, fan: int) -> str:
     at_home("broker", "nats")
     if not rows:
         return ""
-    return "\nGoals, at " + f"{size} B:\n\n" + table(["goal", "measured", "target", "met"], rows, right={1})
+    goals = "\nGoals, at " + f"{size} B:\n\n" + table(["goal", "measured", "target", "met"], rows, right={1})
+    return goals + shortfalls(cells, {row[0] for row in rows if row[3] != verdict(True)}, profiled)
+
+
+def shortfalls(cells: dict, unmet: set[str], profiled: bool) -> str:
+    """What stands between each goal not met in this run and its target, from this run's rows and the
+    measurements that show it (hop_cost's ladder, the profiles below)."""
+    size, notes = min(SIZES), []
+    profile = "the profiles below" if profiled else "`--profile` shows where"
+    if "lossless direct / raw 2 frames" in unmet:
+        notes.append(
+            "**lossless direct**: raw reads two frames and trusts them to be one message; ours checks each frame's "
+            "more flag, which pyzmq gives only on a Frame object, then decodes and types the envelope and applies "
+            "the protocol's rules: [What a hop costs in Python](#what-a-hop-costs-in-python) measures each of "
+            f"these steps from raw's two receives to ours ({profile})."
+        )
+    if "lossless broker / zmq.proxy" in unmet:
+        notes.append(
+            "**lossless broker**: `zmq.proxy` moves frames in C without reading them; the broker reads every "
+            "message in Python as a subscriber does (frames checked, head decoded, the key policy, the last "
+            f"value kept) before it sends it on ({profile})."
+        )
+    behind_nats = sorted(goal for goal in unmet if goal.endswith("broker vs nats"))
+    proxy, nats = (cells.get((name, size), {}).get("home", {}) for name in ("zmq.proxy", "nats"))
+    if behind_nats and proxy and nats:
+        same = ", ".join(
+            f"{proxy[paced]['cpu_us']:.1f} vs {nats[paced]['cpu_us']:.1f} µs at {paced:,}/s"
+            for paced in HOME_RATES
+            if paced in proxy and paced in nats
+        )
+        notes.append(
+            f"**broker against NATS** ({'; '.join(behind_nats)}): each ZeroMQ process hands every message "
+            "between its I/O thread and the thread that reads it, so a message wakes two threads in each process "
+            "where the asyncio NATS clients wake one, and at a home's rates a wakeup, not the work, is most of a "
+            "message's cost (the wakeup table of [What a hop costs in Python](#what-a-hop-costs-in-python)). "
+            f"`zmq.proxy` with the same clients, a broker with no Python in it, costs {same} against NATS; "
+            f"our broker's Python per message comes on top of that ({profile})."
+        )
+    behind_zenoh = sorted(goal for goal in unmet if goal.endswith("direct vs zenoh p2p"))
+    if behind_zenoh:
+        notes.append(
+            f"**direct against Zenoh** ({'; '.join(behind_zenoh)}): ZeroMQ's hand-off between two threads "
+            "on each side of ours; Zenoh calls the subscriber's Python back from its own Rust threads."
+        )
+    if not notes:
+        return ""
+    return "\nWhere a goal is not met, what stands in the way:\n\n" + "".join(f"- {note}\n" for note in notes)
 
 
 def profiles(runs: dict[tuple[str, int], list[dict]]) -> str:
