@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+import resource
+import socket
 
 import zmq
 from smarthome.core import logs
 from smarthome.core.messaging import send_frames
-from smarthome.core.sockets import connection_of, connection_on
+from smarthome.core.sockets import connection_of, connection_on, shut_down
 from zmq.auth.base import Authenticator
 
 
@@ -63,3 +66,22 @@ def test_a_subscription_tells_the_connection_it_came_on(context: zmq.Context) ->
     assert publisher.poll(5000)
     assert connection_of(publisher.recv(copy=False)) == -1
     publisher.close()
+
+
+def test_shut_down_ends_a_connection_and_lets_one_already_gone_be() -> None:
+    """[P6] A connection over its cap is shut down by its descriptor, which may have closed meanwhile."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        shut_down(ours.fileno())
+        assert theirs.recv(1) == b""  # the peer sees the end
+        assert ours.fileno() >= 0  # shut down, not closed: libzmq closes what it owns
+    never_open = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # every descriptor is below the limit
+    shut_down(never_open)  # gone: nothing to do, nothing raised
+    read, write = os.pipe()
+    try:
+        shut_down(read)  # no socket: left as it is
+        os.write(write, b"x")
+        assert os.read(read, 1) == b"x"
+    finally:
+        os.close(read)
+        os.close(write)

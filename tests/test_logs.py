@@ -155,6 +155,7 @@ ESCAPED = {
     "plain words and café ☕ stay as they are": "plain words and café ☕ stay as they are",
     "a\nforged line": "a\\nforged line",
     "\x1b[31mred\x00": "\\x1b[31mred\\x00",
+    "C:\\home\\light 'on'": "C:\\home\\light 'on'",  # printable, backslash and quotes too: as they are
     "x" * 12: "x" * 12,  # exactly the limit: kept whole
     "x" * 13: "x" * 12 + "…",
     "x" * 11 + "\n": "x" * 11 + "\\n"[:1] + "…",  # escaped past the limit: cut all the same

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -273,6 +274,23 @@ async def test_a_background_task_that_dies_stops_the_service_as_failed(caplog: p
     await asyncio.wait_for(loop.done.wait(), DEADLINE)
     assert loop.failed
     assert "WEB stopping: a background task died: RuntimeError('boom')" in caplog.text
+
+
+async def test_the_asyncio_loops_timers_and_other_threads_calls_run_on_its_loop() -> None:
+    """call_later runs once after its delay unless cancelled; call_soon_threadsafe, from another thread, runs on
+    the loop's own thread (a Dialer's lookups answer so)."""
+    loop = AsyncioLoop(Identity("web", load_config(SHIPPED_CONFIG)))
+    loop.running = asyncio.get_running_loop()
+    ran: list[tuple[str, int]] = []
+    started = time.monotonic()
+    loop.call_later(0.05, lambda: ran.append(("later", threading.get_ident())))
+    loop.call_later(0.01, lambda: ran.append(("cancelled", 0))).cancel()
+    threading.Thread(
+        target=loop.call_soon_threadsafe, args=[lambda: ran.append(("soon", threading.get_ident()))]
+    ).start()
+    await wait_until_async(lambda: len(ran) == 2, "both calls")
+    assert time.monotonic() - started >= 0.05
+    assert sorted(ran) == [("later", threading.get_ident()), ("soon", threading.get_ident())]
 
 
 async def test_the_asyncio_loop_hands_each_message_with_the_connection_it_came_on() -> None:
