@@ -1,6 +1,7 @@
 """Mutation testing: mutmut mutates services/smarthome/core and roles, and the fast tier must notice.
 
     .venv/bin/python tests/mutation/run.py [--max-children N]      (pip install -e '.[mutation]' first)
+    .venv/bin/python tests/mutation/run.py --report                 (the results so far, of a run stopped)
 
 mutmut wants the code in src/ beside tests/, so the run happens in a copy of the project laid out so, in
 .mutation/ (ignored by git; mutmut resumes there where it stopped, re-tests what changed, and each start
@@ -104,8 +105,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--only", nargs="*", default=MUTATE, help="globs under src/ to mutate (default: %(default)s)")
+    parser.add_argument("--report", action="store_true", help="only write the results so far (a run not finished)")
     options = parser.parse_args()
     MUTATE[:] = options.only
+    if options.report:
+        report(results())
+        return
     workspace()
     measure_anew()
     mutmut = str(Path(sys.executable).with_name("mutmut"))
@@ -115,25 +120,34 @@ def main() -> None:
     run = subprocess.run([mutmut, "run", "--max-children", str(options.max_children)], cwd=WORKSPACE, env=env)
     if run.returncode:
         sys.exit(f"mutmut run failed ({run.returncode}); nothing written")
-    results = subprocess.run(
-        [mutmut, "results", "--all", "true"], cwd=WORKSPACE, env=env, capture_output=True, text=True
-    )
-    report(results.stdout)
+    report(results())
 
 
-def report(results: str) -> None:
+def results() -> str:
+    """mutmut's status of every mutant, one per line."""
+    mutmut = str(Path(sys.executable).with_name("mutmut"))
+    listed = subprocess.run([mutmut, "results", "--all", "true"], cwd=WORKSPACE, capture_output=True, text=True)
+    return listed.stdout
+
+
+def report(listing: str) -> None:
     """tests/mutation/results.md, and the README's section from it: the score, and each survivor with why it
-    changes nothing observable (tests/mutation/why.toml; one not explained there says so)."""
-    statuses = dict(re.findall(r"^\s+(\S+): (.+)$", results, re.M))
+    changes nothing observable (tests/mutation/why.toml; one not explained there says so). Of a run not
+    finished, the score of the mutants checked so far, and how many are not yet."""
+    statuses = dict(re.findall(r"^\s+(\S+): (.+)$", listing, re.M))
+    unchecked = sum(status == "not checked" for status in statuses.values())
+    checked = len(statuses) - unchecked
     killed = sum(status == "killed" for status in statuses.values())
-    survivors = sorted(name for name, status in statuses.items() if status != "killed")
+    survivors = sorted(name for name, status in statuses.items() if status not in ("killed", "not checked"))
     why = tomllib.loads((HERE / "why.toml").read_text())["why"]
-    score = killed / len(statuses) if statuses else 0.0
+    score = killed / checked if checked else 0.0
     rows = [f"| `{name}` | {statuses[name]} | {why.get(name, '**not explained**')} |" for name in survivors]
+    progress = f" ({unchecked} of {len(statuses)} not checked yet: a run goes on where it stopped)" if unchecked else ""
     figures = [
-        f"Last run {datetime.datetime.now(datetime.UTC):%Y-%m-%d}: {len(statuses)} mutants of "
-        f"{', '.join('services/' + m.removeprefix('src/') for m in MUTATE)}, {killed} killed by the fast tier: "
-        f"**{score:.1%}**. The survivors, and why each changes nothing a user or a peer could observe:",
+        f"Last run {datetime.datetime.now(datetime.UTC):%Y-%m-%d}: {checked} mutants of "
+        f"{', '.join('services/' + m.removeprefix('src/') for m in MUTATE)} checked{progress}, {killed} killed "
+        f"by the fast tier: **{score:.1%}**. The survivors, and why each changes nothing a user or a peer could "
+        "observe:",
         "",
         "| survivor | status | why |",
         "|---|---|---|",
