@@ -14,12 +14,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
+import pytest
 import zmq
+from smarthome.core.config import load_config
 from smarthome.core.envelope import Message, encode
 from smarthome.core.identity import TOOLS
-from smarthome.core.keys import KeyRing
+from smarthome.core.keys import TOKEN_FILE_ENV, KeyRing, token_file
 
-from tests.support.base import BROKER_CONFIG, wait_until
+from tests.support.base import BROKER_CONFIG, SHIPPED_CONFIG, wait_until
 from tests.support.peers import with_key
 from tests.support.processes import ServiceProcess, endpoint, loopback_config
 
@@ -141,3 +144,17 @@ def test_keys_made_for_compose_are_the_services_user_s_and_the_tools_key_the_hos
     assert nested.ensure(["toaster"]) == ["toaster"]  # parents made too
     assert KeyRing(tmp_path / "c" / "d").ensure_token("web")  # a token first, its parents too
     assert nested.pair("toaster")[0] == nested.public("toaster")
+
+
+def test_the_dashboard_token_is_its_configured_file_else_the_swarm_secret_else_beside_the_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SMARTHOME_KEYS", str(tmp_path / "keys"))
+    monkeypatch.delenv(TOKEN_FILE_ENV, raising=False)
+    config = load_config(SHIPPED_CONFIG)
+    assert token_file(config, "web") == tmp_path / "keys" / "web.token"
+    X
+    assert token_file(config, "web") == Path("/run/secrets/web-token")
+    web = msgspec.structs.replace(config.services["web"], access_token_file=str(tmp_path / "mine.token"))
+    configured = msgspec.structs.replace(config, services={**config.services, "web": web})
+    assert token_file(configured, "web") == tmp_path / "mine.token"  # the config's own choice comes first
