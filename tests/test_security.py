@@ -153,8 +153,8 @@ def test_the_dashboard_token_is_its_configured_file_else_the_swarm_secret_else_b
     monkeypatch.delenv(TOKEN_FILE_ENV, raising=False)
     config = load_config(SHIPPED_CONFIG)
     assert token_file(config, "web") == tmp_path / "keys" / "web.token"
-    X
-    assert token_file(config, "web") == Path("/run/secrets/web-token")
+    monkeypatch.setenv(TOKEN_FILE_ENV, "/run/secrets/smarthome.token")  # a swarm secret (swarm/stack.py)
+    assert token_file(config, "web") == Path("/run/secrets/smarthome.token")
     web = msgspec.structs.replace(config.services["web"], access_token_file=str(tmp_path / "mine.token"))
     configured = msgspec.structs.replace(config, services={**config.services, "web": web})
     assert token_file(configured, "web") == tmp_path / "mine.token"  # the config's own choice comes first
