@@ -37,3 +37,21 @@ def pytest_runtest_logfinish(nodeid: str, location: object) -> None:
         for function in set(hits.read_text().split()):
             state().tests_by_mangled_function_name[function].add(nodeid.removeprefix("mutants/"))
         hits.unlink()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Against a mutant, the cheapest tests first: the run stops at the first failure (-x), and most mutants
+    are killed by a quick unit test. Each file's tests stay together (module fixtures are set up once), the files
+    ordered by what their chosen tests took when measured, and the tests within by the same."""
+    if _stats() or not os.environ.get("MUTANT_UNDER_TEST"):
+        return
+    took = state().duration_by_test
+
+    def cost(item: pytest.Item) -> float:
+        return took.get(item.nodeid.removeprefix("mutants/"), 1.0)
+
+    per_file: dict[str, float] = {}
+    for item in items:
+        per_file[item.path.name] = per_file.get(item.path.name, 0.0) + cost(item)
+    items.sort(key=lambda item: (per_file[item.path.name], cost(item)))
