@@ -85,8 +85,9 @@ BENCHMARKS = [
         ["hop_cost"],
         True,
         "Where a hop's time goes in Python, in one process on loopback: a subscriber's work per message once "
-        "warm, against a raw SUB reading the same queued messages; and single operations run first thing after "
-        "a 50 ms sleep, as a service's work for a message is, against the same operation run again at once.",
+        "warm, from a raw SUB reading the same queued messages up to ours, one step at a time; and single "
+        "operations run first thing after a 50 ms sleep, as a service's work for a message is, against the same "
+        "operation run again at once.",
     ),
     ("websocket", ["websocket"], False, "The real forwarder process, a publisher and aiohttp clients on loopback."),
     (
