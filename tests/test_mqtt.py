@@ -17,7 +17,9 @@ import paho.mqtt.client as paho
 import pytest
 from smarthome.core.config import load_config
 from smarthome.core.envelope import ApplianceStatus, LightState, MirrorView
-from smarthome.core.keys import Policy
+from smarthome.core.identity import Identity
+from smarthome.core.keys import KeysError, Policy
+from smarthome.mqtt.bridge import password
 from smarthome.mqtt.client import Mqtt
 from smarthome.mqtt.home import ACL_FILE, OFFLINE, ONLINE, PASSWORD_SUFFIX, MqttHome, Shown
 
@@ -190,6 +192,20 @@ def test_smarthome_keys_makes_each_mqtt_users_password_and_the_acl(tmp_path: Pat
     assert (keys / ACL_FILE).read_text() == homes()[0].acl()
     assert "made none, all there" in make_keys()
     assert {path.read_text() for path in keys.glob(f"*{PASSWORD_SUFFIX}")} == passwords  # kept, not remade
+
+
+def test_a_password_file_the_bridge_cannot_use_is_one_line_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SMARTHOME_KEYS", str(tmp_path))
+    me = Identity("mqtt-bridge", load_config(SHIPPED_CONFIG))
+    made = password(me)  # none there: made now, as in local mode
+    assert len(made) >= 40 and password(me) == made
+    (tmp_path / f"mqtt-bridge{PASSWORD_SUFFIX}").write_text("pässwort", encoding="utf-8")  # edited by hand
+    with pytest.raises(KeysError) as refused:
+        password(me)
+    assert str(refused.value).startswith(f"{tmp_path}: no MQTT password for mqtt-bridge: 'ascii' codec can't decode")
+    assert "\n" not in str(refused.value)
 
 
 def test_the_bridge_may_send_the_light_set_command_and_nothing_else() -> None:

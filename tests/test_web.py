@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import threading
 import time
@@ -273,7 +274,24 @@ async def test_a_background_task_that_dies_stops_the_service_as_failed(caplog: p
     loop.spawn(dies())
     await asyncio.wait_for(loop.done.wait(), DEADLINE)
     assert loop.failed
-    assert "WEB stopping: a background task died: RuntimeError('boom')" in caplog.text
+    said = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert said == ["WEB stopping: a background task died: RuntimeError('boom')"]
+
+
+async def test_closing_the_asyncio_loop_ends_its_tasks_before_its_sockets_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task still reading a socket when the context is destroyed would fail, not end: each is cancelled and
+    awaited first."""
+    monkeypatch.setenv("SMARTHOME_KEYS", str(tmp_path / "keys"))
+    loop = AsyncioLoop(Identity("web", load_config(SHIPPED_CONFIG)))
+    loop.open()
+    loop.watch(loop.sockets.make(zmq.PULL, bind="tcp://127.0.0.1:*"), lambda frames: None)
+    loop.every(3600, lambda: None)
+    await asyncio.sleep(0)  # ok: one turn of the event loop, so that the tasks are waiting
+    await loop.close()
+    assert len(loop.tasks) == 3 and all(task.cancelled() for task in loop.tasks)  # with the health touch
+    assert not loop.failed
 
 
 async def test_the_asyncio_loops_timers_and_other_threads_calls_run_on_its_loop() -> None:

@@ -107,5 +107,6 @@ def password(me: Identity) -> str:
         if not ring.token_path(me.name, PASSWORD_SUFFIX).exists():
             ring.ensure_token(me.name, suffix=PASSWORD_SUFFIX)
         return ring.token(me.name, PASSWORD_SUFFIX).decode()
-    except OSError as exc:
-        raise KeysError(str(ring.directory), "", f"no MQTT password for {me.name}: {exc.strerror or exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:  # missing, unreadable, or not the ASCII we write
+        problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise KeysError(str(ring.directory), "", f"no MQTT password for {me.name}: {problem}") from None
