@@ -222,6 +222,9 @@ def test_the_broker_asks_its_publishers_again_when_it_keeps_less_than_a_heartbea
     asks = said.count(b"\x01toast") - 1
     assert 1 <= asks <= RESYNC_MAX, broker.output()  # [C4, R3]
     assert broker.messages().count("BROKER asks again for 'toast': toaster@x has a newer state than we keep") == asks
+    # [G4, G5] Seq 4 never came either: when 5 does, the broker counts that one message missed, and says so.
+    toaster.send_multipart(encode(Message("toast", "toaster@x", 7, 5, time.time(), {"status": True})))
+    broker.says("BROKER missed 1 messages from toaster@x")
 
 
 def test_the_radio_plays_while_a_light_is_on_and_falls_silent_when_its_switch_is_gone(
