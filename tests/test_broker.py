@@ -105,16 +105,19 @@ def test_the_broker_keeps_a_state_in_its_typed_form_and_none_it_cannot_read(
     broker.wait_for("subscribe all topics")
     padded = encode(Message("toast", "big@test", 1, 1, time.time(), {"status": True, "padding": "x" * 50_000}))
     unreadable = encode(Message("coffee", "big@test", 1, 2, time.time(), {"status": "maybe"}))
+    undeclared = encode(Message("lightning", "big@test", 1, 3, time.time(), {"status": True}))
+    seen: list[list[bytes]] = []
 
     def sent_and_seen() -> bool:  # PUB drops until connected: send until the probe sees both, as they were sent
-        for frames in (padded, unreadable):
+        for frames in (padded, unreadable, undeclared):
             publisher.send_multipart(frames)
-        seen = []
         while probe.poll(100):
             seen.append(probe.recv_multipart())
         return padded in seen and unreadable in seen
 
     wait_until(sent_and_seen, "the broker to forward both")
+    broker.says("BROKER dropped a message on 'lightning': not a declared topic")  # [K1] and not passed on
+    assert undeclared not in seen
     broker.says(
         "BROKER keeps no message it could not read: topic 'coffee': expected 'bool', got 'str' at 'body.status'"
     )

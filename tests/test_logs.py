@@ -136,6 +136,35 @@ def test_a_handler_that_raises_drops_that_message_with_one_line_and_nothing_else
     )
 
 
+def test_a_subscriber_drops_what_is_not_its_own_and_says_so_only_of_what_it_asked_for(tmp_path: Path) -> None:
+    """[K1, K5] 'light' subscribed also matches 'lightning': that is dropped in silence, malformed or not; a
+    subscriber of everything drops a topic nobody declared with a line naming it; heartbeats count only for
+    topics it receives, and one without a topic is a line."""
+    _, out = stream_logger()
+    config = load_config(loopback_config(tmp_path))
+
+    def heard(subscriber: Subscriber, topic: str, body: object) -> bool:
+        return subscriber.accept(encode(Message(topic, "light-switch@a", 7, 1, time.time(), body))) is not None
+
+    mirror = Subscriber("MIRROR", config, ["light"], None)
+    assert not heard(mirror, "lightning", {"state": "ON"})
+    assert mirror.accept([b"lightning", b"not json"]) is None
+    assert not heard(mirror, HEARTBEAT_TOPIC, {"for": "toast"})  # not a topic it receives
+    assert out.getvalue() == ""
+    assert heard(mirror, HEARTBEAT_TOPIC, {"for": "light"}) and heard(mirror, "light", {"state": "ON"})
+    everything = Subscriber("WEB", config, [], None)
+    assert not heard(everything, "lightning", {"state": "ON"})
+    assert not heard(everything, HEARTBEAT_TOPIC, {"to": "light"})
+    assert mirror.accept([b"light", b"not json"]) is None
+    lines = [line.split("WARNING ", 1)[1] for line in out.getvalue().splitlines()]
+    assert lines == [
+        "WEB dropped a message on 'lightning': not a declared topic",
+        "WEB dropped a malformed heartbeat from light-switch@a: no 'for' topic",
+        "MIRROR dropped a malformed message: topic 'light': not valid JSON (JSON is malformed: invalid character "
+        "(byte 4))",
+    ]
+
+
 def test_one_service_refused_instances_do_not_hide_another_services(tmp_path: Path) -> None:  # [A2]
     """Refusals are limited per service: a flood of invented toasters leaves room for the coffee maker's line."""
     _, out = stream_logger()
