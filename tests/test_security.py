@@ -113,6 +113,8 @@ def test_a_spoofed_sender_is_dropped_where_it_comes_in_the_broker(
     # With seq 2**62 it would once have outranked the real switch's every message until the switch restarted.
     coffee.send_multipart(encode(Message("light", "light-switch@evil", 1, 2**62, time.time(), {"state": "OFF"})))
     broker.wait_for("BROKER dropped a message on 'light': coffee-maker sent as light-switch@evil")
+    coffee.send_multipart([b"light", b"not json"])  # [M8] and what it cannot read, it says so of the same peer
+    broker.says("BROKER dropped a malformed message: topic 'light': not valid JSON")
     tools = commander(context, config, "tools", endpoint(config, "broker", "publishers"), "broker")
     tools.send_multipart(encode(Message("light", "smarthome-cli@x", 1, 1, time.time(), {"state": "ON"})))
     wait_until(lambda: listener.poll(100), "the operator's message through the broker")
