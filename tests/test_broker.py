@@ -230,6 +230,29 @@ def test_the_broker_asks_its_publishers_again_when_it_keeps_less_than_a_heartbea
     broker.says("BROKER missed 1 messages from toaster@x")
 
 
+def test_the_broker_refuses_an_instance_past_max_instances_and_says_so(
+    tmp_path: Path, run_service: Start, context: zmq.Context
+) -> None:  # [A2]
+    config = loopback_config(tmp_path, BROKER_CONFIG, max_instances=1)
+    broker = run_service("broker", config)
+    toaster = with_key(context.socket(zmq.PUB), config, "toaster", server="broker")
+    toaster.connect(endpoint(config, "broker", "publishers"))
+    probe = with_key(context.socket(zmq.SUB), config, server="broker")
+    probe.subscribe(b"toast")
+    probe.connect(endpoint(config, "broker", "subscribers"))
+    broker.wait_for("BROKER subscribe 'toast'")
+    seqs = iter(range(1, 10_000))
+
+    def both_sent() -> bool:  # a PUB drops until it has the broker's subscription: send until one is refused
+        seq = next(seqs)
+        for instance in ("toaster@a", "toaster@b"):
+            toaster.send_multipart(encode(Message("toast", instance, 1, seq, time.time(), {"status": True})))
+        return broker.count("refused") > 0
+
+    wait_until(both_sent, "a second toaster refused", describe=broker.output)
+    broker.says("BROKER refused toaster@b: 1 instances of toaster are alive (max_instances)")
+
+
 def test_the_radio_plays_while_a_light_is_on_and_falls_silent_when_its_switch_is_gone(
     tmp_path: Path, run_service: Start, context: zmq.Context
 ) -> None:
