@@ -218,16 +218,24 @@ def test_the_broker_asks_its_publishers_again_when_it_keeps_less_than_a_heartbea
             said.append(toaster.recv())
         return b"\x01toast" in said
 
+    coffee = with_key(context.socket(zmq.PUB), config, "coffee-maker", server="broker")
+    coffee.connect(endpoint(config, "broker", "publishers"))
     wait_until(lambda: listen(0.1), "the mirror's subscription through the broker", describe=broker.output)
     for _ in range(10):  # ten heartbeat intervals: 'my newest toast is seq 3', which never comes
         toaster.send_multipart(encode(Message("heartbeat", "toaster@x", 7, 3, time.time(), {"for": "toast"})))
+        # [K5] The same of coffee, which nobody has from the broker: nothing to ask for.
+        coffee.send_multipart(encode(Message("heartbeat", "coffee-maker@x", 7, 3, time.time(), {"for": "coffee"})))
         listen(0.2)
     asks = said.count(b"\x01toast") - 1
     assert 1 <= asks <= RESYNC_MAX, broker.output()  # [C4, R3]
     assert broker.messages().count("BROKER asks again for 'toast': toaster@x has a newer state than we keep") == asks
+    assert not broker.count("asks again for 'coffee'"), broker.output()
     # [G4, G5] Seq 4 never came either: when 5 does, the broker counts that one message missed, and says so.
     toaster.send_multipart(encode(Message("toast", "toaster@x", 7, 5, time.time(), {"status": True})))
     broker.says("BROKER missed 1 messages from toaster@x")
+    # [R4] Each ask was taken back: once the mirror goes, the toaster is told nobody wants its toast any more.
+    mirror.close(linger=0)
+    wait_until(lambda: listen(0.1) and b"\x00toast" in said, "the toaster told of the last unsubscribe")
 
 
 def test_the_broker_refuses_an_instance_past_max_instances_and_says_so(
