@@ -90,6 +90,8 @@ def test_direct_wiring_takes_light_commands_too(direct: Path, run_service: Start
     assert smarthome(direct, "light", "off").returncode == 0
     services["light-switch"].says(f"LIGHT SWITCH switched OFF by smarthome-cli@{HOST}")
     services["smart-mirror"].wait_for(ALL_IDLE)
+    assert smarthome(direct, "light", "off").returncode == 0  # already off: taken, and nothing new published
+    services["light-switch"].says(f"LIGHT SWITCH switched OFF by smarthome-cli@{HOST}", times=2)
     sub = smarthome(direct, "sub", "light", "--count", "1")
     assert (sub.returncode, sub.stderr) == (0, "")
     topic, sender, seq, body = sub.stdout.strip().split(" ", 3)
