@@ -21,6 +21,7 @@ from smarthome.core.config import load_config
 from smarthome.core.envelope import Message, encode
 from smarthome.core.identity import TOOLS
 from smarthome.core.keys import TOKEN_FILE_ENV, KeyRing, token_file
+from smarthome.core.logs import LINES_PER_SECOND
 
 from tests.support.base import BROKER_CONFIG, SHIPPED_CONFIG, wait_until
 from tests.support.peers import with_key
@@ -119,6 +120,42 @@ def test_a_spoofed_sender_is_dropped_where_it_comes_in_the_broker(
     tools.send_multipart(encode(Message("light", "smarthome-cli@x", 1, 1, time.time(), {"state": "ON"})))
     wait_until(lambda: listener.poll(100), "the operator's message through the broker")
     assert json.loads(listener.recv_multipart()[1])["sender"] == "smarthome-cli@x"  # and not the spoof before it
+
+
+def test_one_peers_flood_of_bad_messages_hides_no_line_of_anothers_at_the_broker(
+    tmp_path: Path, run_service: Start, context: zmq.Context
+) -> None:
+    """Each of the broker's lines about what a peer sent has its allowance per peer (its key): the coffee maker's
+    key flooding every kind of bad message leaves the toaster's own lines, one of each kind, as they are."""
+    config = loopback_config(tmp_path, BROKER_CONFIG)
+    broker = run_service("broker", config)
+    listener = with_key(context.socket(zmq.SUB), config, server="broker")
+    listener.subscribe(b"")
+    listener.connect(endpoint(config, "broker", "subscribers"))
+    broker.wait_for("BROKER subscribe all topics")
+    at = endpoint(config, "broker", "publishers")
+    coffee, toaster = (commander(context, config, key, at, "broker") for key in ("coffee-maker", "toaster"))
+
+    def bad(state: str, seq: int) -> list[list[bytes]]:  # one of each kind, on the peer's own state topic
+        sender = f"{'coffee-maker' if state == 'coffee' else 'toaster'}@x"
+        return [
+            [state.encode(), b"{" * seq],  # malformed
+            encode(Message(f"{state}ing", sender, 1, seq, time.time(), {"status": True})),  # undeclared
+            encode(Message("light", "light-switch@evil", 1, seq, time.time(), {"state": "OFF"})),  # not theirs
+            encode(Message(state, sender, 1, seq, time.time(), {"status": "maybe"})),  # a state it cannot keep
+        ]
+
+    for seq in range(1, 4 * LINES_PER_SECOND):
+        for frames in bad("coffee", seq):
+            coffee.send_multipart(frames)
+    broker.wait_for("BROKER dropped a message on 'light': coffee-maker sent as light-switch@evil")  # the flood is in
+    for frames in bad("toast", 1):
+        toaster.send_multipart(frames)
+    broker.says("BROKER dropped a malformed message: topic 'toast': not valid JSON")
+    broker.says("BROKER dropped a message on 'toasting': not a declared topic")
+    broker.says("BROKER dropped a message on 'light': toaster sent as light-switch@evil")
+    broker.says("BROKER keeps no message it could not read: topic 'toast': expected 'bool', got 'str' at 'body.status'")
+    assert len(broker.messages()) < 3 * LINES_PER_SECOND, broker.output()  # the flood's lines: held back
 
 
 def test_keys_made_for_compose_are_the_services_user_s_and_the_tools_key_the_host_user_s(tmp_path: Path) -> None:
