@@ -4,16 +4,27 @@ warnings about bad input, which a flood cannot multiply."""
 import io
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from smarthome.core.config import load_config
 from smarthome.core.envelope import HEARTBEAT_TOPIC, Message, encode
-from smarthome.core.logs import LINES_PER_SECOND, PEERS_COUNTED, LimitedLines, TextFormatter, escape, held_lines
+from smarthome.core.keys import Policy
+from smarthome.core.logs import (
+    LINES_PER_SECOND,
+    PEERS_COUNTED,
+    LimitedLines,
+    TextFormatter,
+    escape,
+    held_lines,
+    peer_warnings,
+)
 from smarthome.core.messaging import Subscriber
 from smarthome.core.sockets import guarded
 
+from tests.support.base import SHIPPED_CONFIG
 from tests.support.processes import loopback_config
 
 
@@ -163,6 +174,41 @@ def test_a_subscriber_drops_what_is_not_its_own_and_says_so_only_of_what_it_aske
         "MIRROR dropped a malformed message: topic 'light': not valid JSON (JSON is malformed: invalid character "
         "(byte 4))",
     ]
+
+
+def test_one_peers_flood_of_bad_messages_hides_no_line_of_anothers_at_a_subscriber(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each line a subscriber writes about what a peer sent has its allowance per peer (its key): a flood of
+    every kind from the coffee maker's key leaves the toaster's own lines, one of each kind, as they are."""
+    monkeypatch.setattr(peer_warnings, "peers", OrderedDict())  # this test's allowances: no other test's spent
+    _, out = stream_logger()
+    config = load_config(SHIPPED_CONFIG)  # curve: true, so who may say what is checked
+    mirror = Subscriber("MIRROR", config, [], None, Policy(config))
+
+    def bad(peer: str, state: str, seq: int) -> None:
+        sender = f"{peer}@x"
+        for frames in (
+            [state.encode(), b"{" * seq],  # malformed
+            encode(Message(f"{state}ing", sender, 1, seq, time.time(), {"status": True})),  # undeclared
+            encode(Message("light", "light-switch@evil", 1, seq, time.time(), {"state": "OFF"})),  # not theirs
+            encode(Message(HEARTBEAT_TOPIC, sender, 1, seq, time.time(), {"to": state})),  # a heartbeat of nothing
+            encode(Message(HEARTBEAT_TOPIC, sender, 1, seq, time.time(), {"for": "light"})),  # of another's
+        ):
+            assert mirror.accept(frames, peer) is None
+
+    for seq in range(1, 4 * LINES_PER_SECOND):
+        bad("coffee-maker", "coffee", seq)
+    bad("toaster", "toast", 1)
+    said = [line.split("WARNING ", 1)[1] for line in out.getvalue().splitlines()]
+    assert said[-5:] == [
+        "MIRROR dropped a malformed message: topic 'toast': not valid JSON (Input data was truncated)",
+        "MIRROR dropped a message on 'toasting': not a declared topic",
+        "MIRROR dropped a message on 'light': toaster sent as light-switch@evil",
+        "MIRROR dropped a malformed heartbeat from toaster@x: no 'for' topic",
+        "MIRROR dropped a heartbeat for 'light': toaster may not publish 'light'",
+    ]
+    assert len(said) == LINES_PER_SECOND + 5 or said[LINES_PER_SECOND].endswith("held back)")  # a second turned
 
 
 def test_one_service_refused_instances_do_not_hide_another_services(tmp_path: Path) -> None:  # [A2]
