@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/mutation/run.py [--max-children N]      (pip install -e '.[mutation]' first)
     .venv/bin/python tests/mutation/run.py --report                 (the results so far, of a run stopped)
+    .venv/bin/python tests/mutation/run.py --retry                  (the survivors not explained, after new tests)
 
 mutmut wants the code in src/ beside tests/, so the run happens in a copy of the project laid out so, in
 .mutation/ (ignored by git; mutmut resumes there where it stopped, re-tests what changed, and each start
@@ -109,18 +110,22 @@ def main() -> None:
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--only", nargs="*", default=MUTATE, help="globs under src/ to mutate (default: %(default)s)")
     parser.add_argument("--report", action="store_true", help="only write the results so far (a run not finished)")
+    parser.add_argument("--retry", action="store_true", help="only the survivors not explained, after new tests")
     options = parser.parse_args()
     MUTATE[:] = options.only
     if options.report:
         report(results())
         return
+    again = [name for name in survivors(results()) if name not in explained()] if options.retry else []
+    if options.retry and not again:
+        sys.exit("no survivors to try again")
     workspace()
     measure_anew()
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     env["MUTMUT_HITS_DIR"] = str(WORKSPACE / "mutants" / "hits")
     env.setdefault("SMARTHOME_TEST_DEADLINE", "6")  # a wait a mutant broke fails in 6 s, not 15
-    run = subprocess.run([mutmut, "run", "--max-children", str(options.max_children)], cwd=WORKSPACE, env=env)
+    run = subprocess.run([mutmut, "run", "--max-children", str(options.max_children), *again], cwd=WORKSPACE, env=env)
     if run.returncode:
         sys.exit(f"mutmut run failed ({run.returncode}); nothing written")
     report(results())
@@ -133,18 +138,32 @@ def results() -> str:
     return listed.stdout
 
 
+def explained() -> dict[str, str]:
+    """Why each survivor judged equivalent changes nothing observable: tests/mutation/why.toml."""
+    return tomllib.loads((HERE / "why.toml").read_text())["why"]
+
+
+def statuses_in(listing: str) -> dict[str, str]:
+    return dict(re.findall(r"^\s+(\S+): (.+)$", listing, re.M))
+
+
+def survivors(listing: str) -> list[str]:
+    """The mutants no test noticed (survived, or reached by none), of those checked so far."""
+    return sorted(name for name, status in statuses_in(listing).items() if status not in (*DETECTED, "not checked"))
+
+
 def report(listing: str) -> None:
     """tests/mutation/results.md, and the README's section from it: the score, and each survivor with why it
     changes nothing observable (tests/mutation/why.toml; one not explained there says so). Of a run not
     finished, the score of the mutants checked so far, and how many are not yet."""
-    statuses = dict(re.findall(r"^\s+(\S+): (.+)$", listing, re.M))
+    statuses = statuses_in(listing)
     unchecked = sum(status == "not checked" for status in statuses.values())
     checked = len(statuses) - unchecked
     killed = sum(status in DETECTED for status in statuses.values())
-    survivors = sorted(name for name, status in statuses.items() if status not in (*DETECTED, "not checked"))
-    why = tomllib.loads((HERE / "why.toml").read_text())["why"]
+    left = survivors(listing)
+    why = explained()
     score = killed / checked if checked else 0.0
-    rows = [f"| `{name}` | {statuses[name]} | {why.get(name, '**not explained**')} |" for name in survivors]
+    rows = [f"| `{name}` | {statuses[name]} | {why.get(name, '**not explained**')} |" for name in left]
     progress = f" ({unchecked} of {len(statuses)} not checked yet: a run goes on where it stopped)" if unchecked else ""
     figures = [
         f"Last run {datetime.datetime.now(datetime.UTC):%Y-%m-%d}: {checked} mutants of "
