@@ -89,19 +89,22 @@ def workspace() -> None:
         shutil.copytree(ROOT / "services" / "smarthome", mutants / "smarthome", dirs_exist_ok=True, ignore=mutated)
 
 
-def measure_anew() -> None:
+def measure_anew(only: list[str] | None = None) -> None:
     """mutmut measures which test reaches which function once, and on a later run only for new tests: a test
     that has since come to reach a new function would never be run against its mutants. So each start measures
-    it all again, and the survivors and those no test reached are tried again with what it finds; a killed
-    mutant stays killed."""
+    it all again, and the survivors and those no test reached (or `only` these) are tried again with what it
+    finds; a killed mutant stays killed."""
     mutants = WORKSPACE / "mutants"
     (mutants / "mutmut-stats.json").unlink(missing_ok=True)
     for meta in mutants.rglob("*.meta"):
         data = json.loads(meta.read_text())
         codes = data.get("exit_code_by_key", {})
-        if {0, NO_TESTS} & set(codes.values()):  # survived, or reached by no test: try again with what it finds
-            retried = (0, NO_TESTS)
-            data["exit_code_by_key"] = {name: None if code in retried else code for name, code in codes.items()}
+
+        def again(name: str, code: int | None) -> bool:  # survived, or reached by no test
+            return code in (0, NO_TESTS) and (only is None or name in only)
+
+        if any(again(name, code) for name, code in codes.items()):
+            data["exit_code_by_key"] = {name: None if again(name, code) else code for name, code in codes.items()}
             meta.write_text(json.dumps(data, indent=4))
 
 
@@ -120,7 +123,7 @@ def main() -> None:
     if options.retry and not again:
         sys.exit("no survivors to try again")
     workspace()
-    measure_anew()
+    measure_anew(again if options.retry else None)
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     env["MUTMUT_HITS_DIR"] = str(WORKSPACE / "mutants" / "hits")
