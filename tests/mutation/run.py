@@ -42,7 +42,8 @@ INTRO = (
     "`services/smarthome/core/` and `roles/` one small edit at a time (a `<` for a `<=`, a string, an argument "
     "dropped) and runs the fast tier against each: a change no test notices survives. The services the tests start "
     "as processes run the changed code too. Hours on two cores, so not part of CI; it resumes where it stopped, "
-    "and rewrites this section and `tests/mutation/results.md`."
+    "and rewrites this section and `tests/mutation/results.md` (`--report`: what a stopped run found so far; "
+    "`--retry`: only the survivors not explained, after new tests)."
 )
 # Builds a wheel of the checkout's layout (services/), which this copy does not have: not about core or roles.
 PACKAGING = "tests/test_cli.py::test_the_wheel_installs_a_working_command_with_dashboard_and_configs"
