@@ -5,7 +5,7 @@
 warm    MESSAGES messages of 100 B queued on loopback in advance, then read: by a raw SUB (`recv` twice, no
         check), then adding one thing at a time of what ours does (each frame's more flag, the envelope decoded
         and typed), and by our subscribe() on a Loop (also the sender, duplicate and gap checks, the handler).
-        Microseconds per message, medians of 3, interleaved.
+        Microseconds per message, medians of REPEAT, interleaved.
 wakeup  Each operation is the first thing this process does after a 50 ms sleep (as a service's first work
         for a message), then done again at once: p50 over WAKEUPS sleeps, operations interleaved. On a
         shared virtual machine the first run of any code after a sleep is many times slower than the next,
@@ -31,6 +31,7 @@ from tests.bench.benchlib import header, load, median, percentile, table, write
 from tests.bench.workers import Ours, Pad, pad_for
 
 TOPIC = "bench"
+REPEAT = 5  # warm runs per reader: one run can be 1.5x the others, by the machine alone
 HELD = "log a line, held (the loop's way)"  # the one operation run with its log call held
 
 
@@ -179,7 +180,7 @@ def main() -> None:
     measures[ours_name] = warm_ours
     runs: dict[str, list[float]] = {name: [] for name in measures}
     loads = [load()]
-    for _ in range(3):
+    for _ in range(REPEAT):
         for name, measure in measures.items():  # interleaved
             runs[name].append(measure(messages))
     loads.append(load())
@@ -189,8 +190,8 @@ def main() -> None:
     loads.append(load())
     text = top + f"- load during the run: {min(loads):.2f}-{max(loads):.2f}\n\n"
     text += (
-        f"Warm: {options.messages:,} queued 100 B messages per run, medians of 3, interleaved. From raw to ours, "
-        "each row adding one thing every message of ours gets:\n\n"
+        f"Warm: {options.messages:,} queued 100 B messages per run, medians of {REPEAT}, interleaved. From raw to "
+        "ours, each row adding one thing every message of ours gets:\n\n"
     )
     rows = [[name, f"{us:.2f}", f"{us / raw:.2f}"] for name, us in micros.items()]
     text += table(["subscriber", "us per message", "x raw"], rows, right={1, 2})
