@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 WORKSPACE = ROOT / ".mutation"
+MUTMUT = str(Path(sys.executable).with_name("mutmut"))
 MUTATE = ["src/smarthome/core/*", "src/smarthome/roles/*"]
 MUTATED = tuple(MUTATE)  # what mutmut owns in its copy, whatever one run's --only picks
 NO_TESTS = 33  # mutmut's exit code for a mutant no test reached
@@ -125,11 +126,10 @@ def main() -> None:
         sys.exit("no survivors to try again")
     workspace()
     measure_anew(again if options.retry else None)
-    mutmut = str(Path(sys.executable).with_name("mutmut"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     env["MUTMUT_HITS_DIR"] = str(WORKSPACE / "mutants" / "hits")
     env.setdefault("SMARTHOME_TEST_DEADLINE", "6")  # a wait a mutant broke fails in 6 s, not 15
-    run = subprocess.run([mutmut, "run", "--max-children", str(options.max_children), *again], cwd=WORKSPACE, env=env)
+    run = subprocess.run([MUTMUT, "run", "--max-children", str(options.max_children), *again], cwd=WORKSPACE, env=env)
     if run.returncode:
         sys.exit(f"mutmut run failed ({run.returncode}); nothing written")
     report(results())
@@ -137,8 +137,7 @@ def main() -> None:
 
 def results() -> str:
     """mutmut's status of every mutant, one per line."""
-    mutmut = str(Path(sys.executable).with_name("mutmut"))
-    listed = subprocess.run([mutmut, "results", "--all", "true"], cwd=WORKSPACE, capture_output=True, text=True)
+    listed = subprocess.run([MUTMUT, "results", "--all", "true"], cwd=WORKSPACE, capture_output=True, text=True)
     return listed.stdout
 
 
