@@ -50,7 +50,9 @@ def test_heartbeats_carry_the_seq_without_consuming_one(config: Path, run_servic
 def test_a_killed_instance_is_forgotten_and_the_mirror_shows_only_the_live_ones(
     tmp_path: Path, run_service: Start
 ) -> None:
-    config = loopback_config(tmp_path, BROKER_CONFIG, **FAST, **{"services.toaster.prep_time": 0})
+    config = loopback_config(
+        tmp_path, BROKER_CONFIG, **FAST, **{"services.coffee-maker.prep_time": 0, "services.toaster.prep_time": 0}
+    )
     for name in ("broker", "light-switch", "coffee-maker"):
         run_service(name, config)
     run_service("toaster", config, env=instance("a"))
