@@ -14,7 +14,7 @@ import pytest
 import yaml
 import zmq
 from smarthome.core.envelope import Message, encode
-from smarthome.core.protocol import RESYNC_MAX
+from smarthome.core.protocol import ANSWER_BURST, RESYNC_MAX
 
 from tests.support.base import ALL_READY, BROKER_CONFIG, BROKER_ROUTINE, DEADLINE, HOST, wait_until, wait_until_async
 from tests.support.peers import as_page, with_key
@@ -236,6 +236,56 @@ def test_the_broker_asks_its_publishers_again_when_it_keeps_less_than_a_heartbea
     # [R4] Each ask was taken back: once the mirror goes, the toaster is told nobody wants its toast any more.
     mirror.close(linger=0)
     wait_until(lambda: listen(0.1) and b"\x00toast" in said, "the toaster told of the last unsubscribe")
+
+
+def test_the_broker_passes_on_one_subscription_and_answers_every_subscriber_paced_per_topic(
+    tmp_path: Path, run_service: Start, context: zmq.Context
+) -> None:
+    config = loopback_config(tmp_path, BROKER_CONFIG, heartbeat_interval=1, offline_after=60)
+    broker = run_service("broker", config)
+    toaster = with_key(context.socket(zmq.XPUB), config, "toaster", server="broker")
+    toaster.xpub_verbose = True  # every subscribe the broker sends up, repeats included
+    toaster.connect(endpoint(config, "broker", "publishers"))
+    upstream: list[bytes] = []
+
+    def told(frame: bytes) -> bool:
+        while toaster.poll(50):
+            upstream.append(toaster.recv())
+        return frame in upstream
+
+    def subscriber(prefix: bytes) -> zmq.Socket:
+        sub = with_key(context.socket(zmq.SUB), config, server="broker")
+        sub.subscribe(prefix)
+        sub.connect(endpoint(config, "broker", "subscribers"))
+        return sub
+
+    now = time.time()
+
+    def toast(seq: int, topic: str = "toast") -> list[bytes]:
+        body = {"for": "toast"} if topic == "heartbeat" else {"status": seq % 2 == 1}
+        return encode(Message(topic, "toaster@x", 7, seq, now, body))
+
+    everything = subscriber(b"")  # hears every answer the broker sends
+    first = subscriber(b"toast")
+    wait_until(lambda: told(b"\x01toast"), "the subscription passed on", describe=broker.output)
+    toaster.send_multipart(toast(1))
+    assert first.poll(DEADLINE * 1000) and first.recv_multipart() == toast(1)
+    # [P5] A flood of subscriptions to one topic: ANSWER_BURST answered at once, the rest together when the window
+    # closes (each answer reaches every subscriber of it); and another topic's answers are paced apart from it.
+    flood = [subscriber(b"toast") for _ in range(ANSWER_BURST + 1)]
+    for sub in flood:
+        assert sub.poll(DEADLINE * 1000), broker.output()
+        assert sub.recv_multipart() == toast(1)  # [C2] the last value, to each new subscriber
+    assert told(b"\x01toast") and upstream.count(b"\x01toast") == 1  # [C5] only the first goes on to publishers
+
+    toaster.send_multipart(toast(1, "heartbeat"))  # the answers so far all come before it
+    wait_until(lambda: everything.poll(100) and everything.recv_multipart() == toast(1, "heartbeat"), "the answers")
+    for sub in [first, *flood]:
+        sub.close(linger=0)
+    wait_until(lambda: told(b"\x00toast"), "the last unsubscribe passed on", describe=broker.output)  # [C5]
+    toaster.send_multipart(toast(2))
+    assert everything.poll(DEADLINE * 1000) and everything.recv_multipart() == toast(2)  # an unsubscribe: no answer
+    assert upstream.count(b"\x00toast") == 1
 
 
 def test_the_broker_refuses_an_instance_past_max_instances_and_says_so(
