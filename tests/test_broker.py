@@ -243,15 +243,22 @@ def test_the_broker_passes_on_one_subscription_and_answers_every_subscriber_pace
 ) -> None:
     config = loopback_config(tmp_path, BROKER_CONFIG, heartbeat_interval=1, offline_after=60)
     broker = run_service("broker", config)
-    toaster = with_key(context.socket(zmq.XPUB), config, "toaster", server="broker")
-    toaster.xpub_verbose = True  # every subscribe the broker sends up, repeats included
-    toaster.connect(endpoint(config, "broker", "publishers"))
-    upstream: list[bytes] = []
+    now = time.time()
+    upstream: dict[str, list[bytes]] = {"toast": [], "coffee": []}  # what the broker sends each publisher
 
-    def told(frame: bytes) -> bool:
-        while toaster.poll(50):
-            upstream.append(toaster.recv())
-        return frame in upstream
+    def publisher(service: str) -> zmq.Socket:
+        xpub = with_key(context.socket(zmq.XPUB), config, service, server="broker")
+        xpub.xpub_verbose = True  # every subscribe the broker sends up, repeats included
+        xpub.connect(endpoint(config, "broker", "publishers"))
+        return xpub
+
+    services = {"toast": "toaster", "coffee": "coffee-maker"}
+    publishers = {topic: publisher(service) for topic, service in services.items()}
+
+    def told(topic: str) -> list[bytes]:  # the broker's subscriptions to the topic's publisher, so far
+        while publishers[topic].poll(50):
+            upstream[topic].append(publishers[topic].recv())
+        return [frame for frame in upstream[topic] if frame[1:] == topic.encode()]
 
     def subscriber(prefix: bytes) -> zmq.Socket:
         sub = with_key(context.socket(zmq.SUB), config, server="broker")
@@ -259,33 +266,34 @@ def test_the_broker_passes_on_one_subscription_and_answers_every_subscriber_pace
         sub.connect(endpoint(config, "broker", "subscribers"))
         return sub
 
-    now = time.time()
-
-    def toast(seq: int, topic: str = "toast") -> list[bytes]:
-        body = {"for": "toast"} if topic == "heartbeat" else {"status": seq % 2 == 1}
-        return encode(Message(topic, "toaster@x", 7, seq, now, body))
+    def state(topic: str, seq: int) -> list[bytes]:
+        return encode(Message(topic, f"{services[topic]}@x", 7, seq, now, {"status": seq == 1}))
 
     everything = subscriber(b"")  # hears every answer the broker sends
-    first = subscriber(b"toast")
-    wait_until(lambda: told(b"\x01toast"), "the subscription passed on", describe=broker.output)
-    toaster.send_multipart(toast(1))
-    assert first.poll(DEADLINE * 1000) and first.recv_multipart() == toast(1)
-    # [P5] A flood of subscriptions to one topic: ANSWER_BURST answered at once, the rest together when the window
-    # closes (each answer reaches every subscriber of it); and another topic's answers are paced apart from it.
-    flood = [subscriber(b"toast") for _ in range(ANSWER_BURST + 1)]
-    for sub in flood:
-        assert sub.poll(DEADLINE * 1000), broker.output()
-        assert sub.recv_multipart() == toast(1)  # [C2] the last value, to each new subscriber
-    assert told(b"\x01toast") and upstream.count(b"\x01toast") == 1  # [C5] only the first goes on to publishers
+    firsts: dict[str, zmq.Socket] = {}
+    flood: dict[str, list[zmq.Socket]] = {}
+    for topic in publishers:  # coffee's window opens once toast's flood is on its way: each paced apart [P5]
+        firsts[topic] = subscriber(topic.encode())
+        wait_until(lambda t=topic: told(t), "a subscription passed on", describe=broker.output)
+        publishers[topic].send_multipart(state(topic, 1))
+        assert firsts[topic].poll(DEADLINE * 1000) and firsts[topic].recv_multipart() == state(topic, 1)
+        # ANSWER_BURST answered at once, the rest together when the window closes (each answer goes to all)
+        flood[topic] = [subscriber(topic.encode()) for _ in range(ANSWER_BURST + 1)]
+    for topic, subs in flood.items():
+        for sub in subs:
+            assert sub.poll(DEADLINE * 1000), broker.output()
+            assert sub.recv_multipart() == state(topic, 1)  # [C2] the last value, to each new subscriber
+        assert told(topic) == [b"\x01" + topic.encode()]  # [C5] only the first subscribe goes on
 
-    toaster.send_multipart(toast(1, "heartbeat"))  # the answers so far all come before it
-    wait_until(lambda: everything.poll(100) and everything.recv_multipart() == toast(1, "heartbeat"), "the answers")
-    for sub in [first, *flood]:
+    publishers["toast"].send_multipart(encode(Message("heartbeat", "toaster@x", 7, 1, now, {"for": "toast"})))
+    wait_until(lambda: everything.poll(100) and everything.recv_multipart()[0] == b"heartbeat", "all answers given")
+    for sub in [*firsts.values(), *flood["toast"], *flood["coffee"]]:
         sub.close(linger=0)
-    wait_until(lambda: told(b"\x00toast"), "the last unsubscribe passed on", describe=broker.output)  # [C5]
-    toaster.send_multipart(toast(2))
-    assert everything.poll(DEADLINE * 1000) and everything.recv_multipart() == toast(2)  # an unsubscribe: no answer
-    assert upstream.count(b"\x00toast") == 1
+    for topic in publishers:  # [C5] and the last unsubscribe
+        wait_until(lambda t=topic: len(told(t)) > 1, "the last unsubscribe passed on", describe=broker.output)
+        assert told(topic) == [b"\x01" + topic.encode(), b"\x00" + topic.encode()]
+    publishers["toast"].send_multipart(state("toast", 2))
+    assert everything.poll(DEADLINE * 1000) and everything.recv_multipart() == state("toast", 2)  # none answered
 
 
 def test_the_broker_refuses_an_instance_past_max_instances_and_says_so(
