@@ -266,6 +266,15 @@ def test_each_config_error_names_file_key_and_problem(tmp_path: Path, case: str)
     assert str(error.value) == (f"{path}: {key}: {problem}" if key else f"{path}: {problem}")
 
 
+@pytest.mark.parametrize("key, port", [("publishers", 5559), ("subscribers", 5560)])
+def test_a_broker_endpoint_error_names_its_key(tmp_path: Path, key: str, port: int) -> None:
+    path = tmp_path / "broken.yml"
+    path.write_text(BROKER_CONFIG.read_text().replace(f'{key}: "tcp://*:{port}"', f'{key}: "tcp://*:80"'))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == f"{path}: services.broker.{key}: port 80 is privileged (below 1024): pick another"
+
+
 def test_a_huge_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
     path = tmp_path / "huge.yml"
     path.write_text(SHIPPED_CONFIG.read_text() + "#" * (2 << 20))

@@ -88,6 +88,36 @@ def test_light_off_makes_appliances_idle_and_on_makes_them_ready_again(tmp_path:
     services["smart-mirror"].wait_for(ALL_READY, times=2)  # ON -> OFF -> ON again
 
 
+def test_the_mirror_publishes_what_it_shows_and_shows_it_with_no_publisher_too(
+    tmp_path: Path, run_service: Start, context: zmq.Context
+) -> None:
+    ready = {"services.coffee-maker.prep_time": 0, "services.toaster.prep_time": 0}
+    config = loopback_config(tmp_path, **ready)
+    view = listener(context, config, "smart-mirror", b"mirror")
+    services = {name: run_service(name, config) for name in ORDERS["publishers first"]}
+
+    def shown() -> dict[str, str] | None:
+        while view.poll(100):
+            last = json.loads(view.recv_multipart()[1])["body"]["view"]
+            if last == {"coffee": "ready", "toast": "ready"}:
+                return last
+        return None
+
+    wait_until(shown, "the mirror's view published", describe=services["smart-mirror"].output)
+    for service in services.values():
+        service.stop()
+
+    quiet = tmp_path / "quiet"  # the shipped config with no publisher for the mirror, and nobody reading it
+    quiet.mkdir()
+    text = SHIPPED_CONFIG.read_text().replace('    publish: { topic: mirror, bind: "tcp://*:5561" }\n', "")
+    text = text.replace(', "tcp://smart-mirror:5561"]', "]")
+    assert ":5561" not in text, "test setup: the shipped config's mirror publisher moved"
+    (quiet / SHIPPED_CONFIG.name).write_text(text)
+    config = loopback_config(quiet, quiet / SHIPPED_CONFIG.name, **ready)
+    mirror = {name: run_service(name, config) for name in ORDERS["publishers first"]}["smart-mirror"]
+    mirror.says(ALL_READY)
+
+
 def test_every_service_exits_0_on_sigterm_with_a_stopped_line(config: Path, run_service: Start) -> None:
     services = [run_service(name, config) for name in ORDERS["publishers first"]]
     services[-1].wait_for(ALL_READY)
