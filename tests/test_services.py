@@ -201,9 +201,14 @@ def test_duplicates_stale_messages_and_prefix_matches_are_ignored(
     # Another topic's body need not fit ours: not ours, so not malformed either.
     fake_coffee_maker.send(encode(Message("coffeecup", "cup@test", 1, 1, time.time(), {"cups": 2})))
     fake_coffee_maker.send(fake_coffee_maker.status(True, seq=7))
-    mirror.wait_for('Topic: COFFEE MAKER => {"status": true}')
+    fake_coffee_maker.send(fake_coffee_maker.status(True, seq=8))  # new, but the mirror's view stays the same
+    fake_coffee_maker.send(fake_coffee_maker.status(False, seq=9))
+    mirror.wait_for('Topic: COFFEE MAKER => {"status": false}', times=2)
     topic_lines = [line.split("INFO    ")[1] for line in mirror.lines if "Topic:" in line]
-    assert topic_lines == ['Topic: COFFEE MAKER => {"status": false}', 'Topic: COFFEE MAKER => {"status": true}']
+    assert topic_lines == [f'Topic: COFFEE MAKER => {{"status": {s}}}' for s in ("false", "true", "true", "false")]
+    assert [m for m in mirror.messages() if m.startswith("MIRROR coffee=")] == [  # one line per change of view
+        f"MIRROR coffee={state} toast=unknown" for state in ("idle", "ready", "idle")
+    ]
     assert not [line for line in mirror.lines if "malformed" in line]
 
 
