@@ -10,14 +10,16 @@ import json
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import zmq
+from smarthome.core.envelope import Message, encode
 
 from tests.support.base import ALL_READY, BROKER_CONFIG, HOST, wait_until
-from tests.support.peers import listener
+from tests.support.peers import listener, with_key
 from tests.support.processes import ServiceProcess, endpoint, loopback_config
 
 Start = Callable[..., ServiceProcess]
@@ -73,6 +75,28 @@ def test_a_killed_instance_is_forgotten_and_the_mirror_shows_only_the_live_ones(
         "the mirror to show the new toaster",
         describe=mirror.output,
     )
+
+
+def test_a_switch_heard_only_by_its_heartbeats_is_forgotten_and_the_appliance_goes_on(
+    config: Path, run_service: Start, context: zmq.Context
+) -> None:
+    switch = with_key(context.socket(zmq.XPUB), config, "light-switch")  # the coffee maker pins its key
+    switch.linger = 0
+    switch.bind(endpoint(config, "light-switch"))
+    coffee = run_service("coffee-maker", config)
+    subscribed: list[bytes] = []
+
+    def heartbeats_wanted() -> bool:  # an XPUB sends nothing to a subscriber before its subscription
+        while switch.poll(100):
+            subscribed.append(switch.recv())
+        return b"\x01heartbeat" in subscribed
+
+    wait_until(heartbeats_wanted, "the coffee maker's subscription", describe=coffee.output)
+    switch.send_multipart(encode(Message("heartbeat", "light-switch@fake", 1, 0, time.time(), {"for": "light"})))
+    coffee.says("COFFEE MAKER forgot light-switch@fake: not heard for 0.6s")  # no light of it was ever on
+    switch.send_multipart(encode(Message("light", "light-switch@fake", 2, 1, time.time(), {"state": "ON"})))
+    coffee.says("COFFEE MAKER received 'light is ON' from light.")
+    assert coffee.proc.poll() is None
 
 
 def test_a_frozen_publisher_is_detected_by_zmtp_heartbeats_and_found_again(config: Path, run_service: Start) -> None:
