@@ -15,8 +15,14 @@ import socket
 
 import zmq
 from smarthome.core import logs
-from smarthome.core.messaging import send_frames
-from smarthome.core.sockets import connection_of, connection_on, shut_down
+from smarthome.core.messaging import Subscription, send_frames
+from smarthome.core.sockets import (
+    SUBSCRIPTIONS_PER_PEER,
+    SubscriptionCap,
+    connection_of,
+    connection_on,
+    shut_down,
+)
 from zmq.auth.base import Authenticator
 
 
@@ -66,6 +72,36 @@ def test_a_subscription_tells_the_connection_it_came_on(context: zmq.Context) ->
     assert publisher.poll(5000)
     assert connection_of(publisher.recv(copy=False)) == -1
     publisher.close()
+
+
+def test_the_subscription_cap_keeps_nothing_of_a_connection_once_it_is_gone(context: zmq.Context) -> None:
+    """[P6] What the cap holds of each connection, held and cut alike, goes with the connection: else it would
+    grow with every peer that ever came."""
+    publisher = context.socket(zmq.XPUB)
+    publisher.xpub_verbose = True
+    port = publisher.bind_to_random_port("tcp://127.0.0.1")
+    gone = publisher.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    cap = SubscriptionCap(publisher, "TEST", lambda delay, callback: None)
+    for count in (3, SUBSCRIPTIONS_PER_PEER + 1):  # one peer within the cap, one cut
+        subscriber = context.socket(zmq.SUB)
+        subscriber.connect(f"tcp://127.0.0.1:{port}")
+        for i in range(count):
+            subscriber.subscribe(f"topic-{i}")
+        subscribed = 0
+        while subscribed < count:  # the unsubscribes libzmq makes for the peer gone before come first
+            assert publisher.poll(5000)
+            frame = publisher.recv(copy=False)
+            subscription = Subscription.parse([frame.bytes])
+            assert subscription is not None
+            cap.allows(subscription, connection_of(frame))
+            subscribed += subscription.on
+        assert (len(cap.held), len(cap.cut)) == ((1, 0) if count == 3 else (1, 1))
+        subscriber.close(linger=0)
+        assert gone.poll(5000)
+        cap.record(gone.recv_multipart())
+        assert (cap.held, cap.cut) == ({}, set())
+    gone.close()
+    publisher.close(linger=0)
 
 
 def test_shut_down_ends_a_connection_and_lets_one_already_gone_be() -> None:
