@@ -12,15 +12,18 @@ import logging
 import os
 import resource
 import socket
+from pathlib import Path
 
 import zmq
 from smarthome.core import logs
 from smarthome.core.messaging import Subscription, send_frames
 from smarthome.core.sockets import (
+    MEMORY_BACK_AFTER,
     SUBSCRIPTIONS_PER_PEER,
     SubscriptionCap,
     connection_of,
     connection_on,
+    give_back_memory,
     shut_down,
 )
 from zmq.auth.base import Authenticator
@@ -75,13 +78,15 @@ def test_a_subscription_tells_the_connection_it_came_on(context: zmq.Context) ->
 
 
 def test_the_subscription_cap_keeps_nothing_of_a_connection_once_it_is_gone(context: zmq.Context) -> None:
-    """[P6] What the cap holds of each connection, held and cut alike, goes with the connection: else it would
-    grow with every peer that ever came."""
+    """[P6] What the cap holds of each connection, held and cut alike, goes with the connection (else it would
+    grow with every peer that ever came), and the memory is handed back soon after, once for all that go
+    meanwhile."""
     publisher = context.socket(zmq.XPUB)
     publisher.xpub_verbose = True
     port = publisher.bind_to_random_port("tcp://127.0.0.1")
     gone = publisher.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-    cap = SubscriptionCap(publisher, "TEST", lambda delay, callback: None)
+    asked: list[tuple[float, object]] = []  # what the cap asks the loop to run later
+    cap = SubscriptionCap(publisher, "TEST", lambda delay, callback: asked.append((delay, callback)))
     for count in (3, SUBSCRIPTIONS_PER_PEER + 1):  # one peer within the cap, one cut
         subscriber = context.socket(zmq.SUB)
         subscriber.connect(f"tcp://127.0.0.1:{port}")
@@ -98,10 +103,31 @@ def test_the_subscription_cap_keeps_nothing_of_a_connection_once_it_is_gone(cont
         assert (len(cap.held), len(cap.cut)) == ((1, 0) if count == 3 else (1, 1))
         subscriber.close(linger=0)
         assert gone.poll(5000)
-        cap.record(gone.recv_multipart())
+        cap.record(event := gone.recv_multipart())
         assert (cap.held, cap.cut) == ({}, set())
+        assert asked == [(MEMORY_BACK_AFTER, cap._memory_back)]  # the second, while the first is due: no more
+    asked.pop()[1]()
+    cap.record(event)  # another connection gone, after it ran: asked again
+    assert asked == [(MEMORY_BACK_AFTER, cap._memory_back)]
     gone.close()
     publisher.close(linger=0)
+
+
+def test_memory_freed_in_the_middle_of_the_heap_is_handed_back() -> None:
+    """glibc keeps what is freed below memory still in use: a publisher that once held a flood would stay that big."""
+
+    def rss_mib() -> float:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+    before = rss_mib()
+    blocks = [bytes(1000 + i % 7) for i in range(100_000)]  # malloc's, not Python's small-object pools
+    kept = blocks[::50]
+    peak = rss_mib()
+    del blocks
+    give_back_memory()
+    assert rss_mib() - before < (peak - before) / 2
+    assert len(kept) == 2_000  # still in use all the way up the heap, so it could not shrink from the top
 
 
 def test_shut_down_ends_a_connection_and_lets_one_already_gone_be() -> None:
