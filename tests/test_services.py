@@ -227,6 +227,19 @@ def test_a_subscriber_joining_late_gets_the_current_state_without_any_new_publis
     switch.says("LIGHT SWITCH has a new subscriber at 127.0.0.1; answering with a heartbeat and the current state")
 
 
+def test_a_subscription_taken_back_is_not_answered_as_a_new_one(
+    config: Path, run_service: Start, context: zmq.Context
+) -> None:
+    switch = run_service("light-switch", config)
+    said = "LIGHT SWITCH has a new subscriber at 127.0.0.1; answering with a heartbeat and the current state"
+    leaving = listener(context, config, "light-switch", b"lig")  # a prefix of our topic: answered as well
+    switch.wait_for(said)
+    leaving.unsubscribe(b"lig")  # nobody else holds it: the switch hears it go
+    leaving.subscribe(b"li")  # after it, on the same connection: when this is answered, that was heard
+    switch.wait_for(said, times=2)
+    assert switch.count(said) == 2, switch.output()
+
+
 @pytest.mark.parametrize("source", [SHIPPED_CONFIG, BROKER_CONFIG], ids=["direct", "broker"])
 def test_every_loop_touches_its_health_file_whatever_the_heartbeat_interval(
     tmp_path: Path, run_service: Start, source: Path
