@@ -43,6 +43,10 @@ def test_every_subscriber_hears_every_publisher_through_the_broker(config: Path,
     broker = services["broker"]
     broker.says("BROKER subscribe 'light' from 127.0.0.1", times=3)  # coffee maker, toaster, radio
     broker.says("BROKER subscribe 'coffee' from 127.0.0.1")
+    # A publisher's one subscriber is the broker, whose address it does not tell: the first of many at each.
+    services["light-switch"].says(
+        "BATHROOM LIGHT has a new subscriber; answering with a heartbeat and the current state"
+    )
 
 
 def test_the_broker_hands_the_last_value_to_late_subscribers(

@@ -13,9 +13,10 @@ import zmq
 from smarthome.core.config import load_config
 from smarthome.core.envelope import Message, encode
 from smarthome.core.identity import Identity
+from smarthome.core.protocol import ANSWER_BURST
 from smarthome.core.runtime import Loop
 
-from tests.support.base import ALL_READY, BROKER_CONFIG, LABELS, SHIPPED_CONFIG, wait_until
+from tests.support.base import ALL_READY, BROKER_CONFIG, DEADLINE, LABELS, SHIPPED_CONFIG, wait_until
 from tests.support.peers import listener, with_key
 from tests.support.processes import ServiceProcess, endpoint, loopback_config
 
@@ -225,6 +226,17 @@ def test_a_subscriber_joining_late_gets_the_current_state_without_any_new_publis
     assert json.loads(body)["body"] == {"state": "ON"}
     assert switch.count("published") == 1  # a re-send of the state, not a new publish
     switch.says("LIGHT SWITCH has a new subscriber at 127.0.0.1; answering with a heartbeat and the current state")
+
+
+def test_every_subscriber_of_a_flood_is_answered_at_once_or_when_the_window_closes(
+    config: Path, run_service: Start, context: zmq.Context
+) -> None:  # [P5]
+    switch = run_service("light-switch", config)
+    switch.says("LIGHT SWITCH started")
+    subscribers = [listener(context, config, "light-switch", b"light") for _ in range(ANSWER_BURST + 2)]
+    for sub in subscribers:
+        assert sub.poll(DEADLINE * 1000), switch.output()
+        assert json.loads(sub.recv_multipart()[1])["body"] == {"state": "ON"}
 
 
 def test_a_subscription_taken_back_is_not_answered_as_a_new_one(
