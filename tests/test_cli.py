@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+import zmq
 from smarthome.core.config import json_schema
 
 from tests.support.base import ALL_IDLE, ALL_READY, BROKER_CONFIG, BROKER_ROUTINE, HOST, ROOT, SHIPPED_CONFIG, SMARTHOME
+from tests.support.peers import with_key
 from tests.support.processes import ServiceProcess, endpoint, free_port, loopback_config, smarthome, smarthome_env
 from tests.support.stack import Stack
 
@@ -168,6 +170,20 @@ BAD_ARGUMENTS = {
 def test_bad_arguments_give_one_line_and_a_nonzero_exit(config: Path, case: str) -> None:
     args, code, message = BAD_ARGUMENTS[case]
     one_line(smarthome(config, *args), code, message)
+
+
+def test_a_catch_all_subscriber_is_not_taken_for_the_one_a_command_is_for(
+    config: Path, run_service: Start, context: zmq.Context
+) -> None:
+    """The tools send when a subscription names the topic: through the broker the dashboard's catch-all reaches
+    them too, but it is no light switch; with none the command is not sent, and the tool says so."""
+    broker = run_service("broker", config)
+    everything = with_key(context.socket(zmq.SUB), config, server="broker")
+    everything.subscribe(b"")
+    everything.connect(endpoint(config, "broker", "subscribers"))
+    broker.says("BROKER subscribe all topics from 127.0.0.1")
+    nobody = smarthome(config, "light", "off", "--timeout", "1")
+    one_line(nobody, 1, f"smarthome: nothing at {endpoint(config, 'broker', 'publishers')} subscribed to 'light-set'")
 
 
 def test_pub_in_direct_wiring_says_where_it_cannot_publish(direct: Path) -> None:

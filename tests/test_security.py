@@ -6,6 +6,7 @@ own topics, under its own name; only the commanders (web, host tools) may comman
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -20,7 +21,7 @@ import zmq
 from smarthome.core.config import load_config
 from smarthome.core.envelope import Message, encode
 from smarthome.core.identity import TOOLS
-from smarthome.core.keys import TOKEN_FILE_ENV, KeyRing, token_file
+from smarthome.core.keys import TOKEN_FILE_ENV, KeyRing, Policy, answer_zap, token_file
 from smarthome.core.logs import LINES_PER_SECOND
 
 from tests.support.base import BROKER_CONFIG, SHIPPED_CONFIG, wait_until
@@ -45,6 +46,31 @@ def stranger(context: zmq.Context, kind: int, config: Path, server: str) -> zmq.
     sock = with_key(context.socket(kind), config, server=server)
     sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
     return sock
+
+
+def test_the_policy_says_why_it_refuses_whatever_key_sent_it() -> None:
+    """[A1] The tools may say any declared topic; a service's key speaks as that service, of its own topics; a
+    key the config has no service for (one left in the keys folder) publishes nothing; a broker passes on."""
+    policy = Policy(load_config(SHIPPED_CONFIG))
+    assert policy.refuses(TOOLS, f"{TOOLS}@h", "light-set") is None
+    assert policy.refuses(TOOLS, f"{TOOLS}@h", "lamp") == "'lamp' is not a declared topic"
+    assert policy.refuses("toaster", "toaster@h", "toast") is None
+    assert policy.refuses("toaster", "coffee-maker@h", "coffee") == "toaster sent as coffee-maker@h"
+    assert policy.refuses("toaster", "toaster@h", "coffee") == "toaster may not publish 'coffee'"
+    assert policy.refuses("kettle", "kettle@h", "toast") == "kettle may not publish 'toast'"
+    assert Policy(load_config(BROKER_CONFIG)).refuses("broker", "toaster@h", "coffee") is None
+
+
+def test_a_zap_handler_that_would_wait_is_a_bug_said_as_one() -> None:
+    """The poller loop answers ZAP in one step: a handler that waits would hold every handshake, so it is refused."""
+
+    class Waiting:
+        async def handle_zap_message(self, frames: list[bytes]) -> None:
+            await asyncio.sleep(0)
+
+    with pytest.raises(RuntimeError) as refused:
+        answer_zap(Waiting(), [])  # type: ignore[arg-type]
+    assert str(refused.value) == "the ZAP handler waited, which a key-ring lookup never does"
 
 
 def test_an_unknown_key_or_none_gets_nothing_and_injects_nothing(
