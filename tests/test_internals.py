@@ -113,6 +113,41 @@ def test_the_subscription_cap_keeps_nothing_of_a_connection_once_it_is_gone(cont
     publisher.close(linger=0)
 
 
+def test_the_subscription_cap_lets_a_connection_hold_its_allowance_and_counts_what_libzmq_frees(
+    context: zmq.Context,
+) -> None:
+    """[P6] SUBSCRIPTIONS_PER_PEER distinct subscriptions per connection, repeats of them too; the next is refused
+    and the connection cut. libzmq's own unsubscribes (of connections gone) are handed up, and each
+    SUBSCRIPTIONS_PER_PEER of them ask for the memory they freed to be handed back."""
+    publisher = context.socket(zmq.XPUB)
+    publisher.xpub_verbose = True
+    port = publisher.bind_to_random_port("tcp://127.0.0.1")
+    asked: list[tuple[float, object]] = []
+    cap = SubscriptionCap(publisher, "TEST", lambda delay, callback: asked.append((delay, callback)))
+    subscriber = context.socket(zmq.SUB)
+    subscriber.connect(f"tcp://127.0.0.1:{port}")
+    prefixes = [f"topic-{i}".encode() for i in range(SUBSCRIPTIONS_PER_PEER)] + [b"topic-0", b"one-too-many"]
+    for prefix in prefixes:
+        subscriber.subscribe(prefix)
+    allowed = []
+    for _ in prefixes:  # the repeat reaches us too: XPUB_VERBOSE
+        assert publisher.poll(5000)
+        frame = publisher.recv(copy=False)
+        allowed.append(cap.allows(Subscription(True, frame.bytes[1:]), connection_of(frame)))
+    assert allowed == [True] * (SUBSCRIPTIONS_PER_PEER + 1) + [False]
+    assert len(cap.cut) == 1 and not asked
+    subscriber.close(linger=0)
+
+    for _ in range(2):  # and again once it has run: counted afresh
+        for _ in range(SUBSCRIPTIONS_PER_PEER - 1):
+            assert cap.allows(Subscription(False, b"topic-0"), -1)
+        assert not asked
+        assert cap.allows(Subscription(False, b"topic-0"), -1)
+        assert asked == [(MEMORY_BACK_AFTER, cap._memory_back)]
+        asked.pop()[1]()
+    publisher.close(linger=0)
+
+
 def test_memory_freed_in_the_middle_of_the_heap_is_handed_back() -> None:
     """glibc keeps what is freed below memory still in use: a publisher that once held a flood would stay that big."""
 
