@@ -12,8 +12,10 @@ import logging
 import os
 import resource
 import socket
+from collections import OrderedDict
 from pathlib import Path
 
+import pytest
 import zmq
 from smarthome.core import logs
 from smarthome.core.messaging import Subscription, send_frames
@@ -75,6 +77,14 @@ def test_a_subscription_tells_the_connection_it_came_on(context: zmq.Context) ->
     assert publisher.poll(5000)
     assert connection_of(publisher.recv(copy=False)) == -1
     publisher.close()
+
+
+def test_only_one_frame_that_starts_with_0_or_1_is_a_subscription() -> None:
+    """What else a peer sends an XPUB (more frames, another first byte, nothing) is no subscription of anything."""
+    assert Subscription.parse([b"\x01light"]) == Subscription(True, b"light")
+    assert Subscription.parse([b"\x00"]) == Subscription(False, b"")
+    for frames in ([b"\x01light", b"more"], [b"light"], [b""], []):
+        assert Subscription.parse(frames) is None
 
 
 def test_the_subscription_cap_keeps_nothing_of_a_connection_once_it_is_gone(context: zmq.Context) -> None:
@@ -145,6 +155,41 @@ def test_the_subscription_cap_lets_a_connection_hold_its_allowance_and_counts_wh
         assert cap.allows(Subscription(False, b"topic-0"), -1)
         assert asked == [(MEMORY_BACK_AFTER, cap._memory_back)]
         asked.pop()[1]()
+    publisher.close(linger=0)
+
+
+def test_each_cut_is_said_within_its_own_peers_allowance(
+    context: zmq.Context, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[P6] A peer cut again and again has LINES_PER_SECOND lines of it said a second; another peer's cut, that
+    same second, is said all the same."""
+    monkeypatch.setattr(logs.peer_warnings, "peers", OrderedDict())
+    monkeypatch.setattr(logs.peer_warnings, "clock", lambda: 0.0)  # all in one second, however long it takes
+    publisher = context.socket(zmq.XPUB)
+    publisher.xpub_verbose = True
+    port = publisher.bind_to_random_port("tcp://127.0.0.1")
+    cap = SubscriptionCap(publisher, "TEST", lambda delay, callback: None)
+    subscribers = []
+    for source in ["127.0.0.1"] * (logs.LINES_PER_SECOND + 1) + ["127.0.0.2"]:
+        subscriber = context.socket(zmq.SUB)
+        subscriber.connect(f"tcp://{source}:0;127.0.0.1:{port}")
+        for i in range(SUBSCRIPTIONS_PER_PEER + 1):
+            subscriber.subscribe(f"topic-{i}")
+        subscribers.append(subscriber)
+        subscribed = 0
+        while subscribed <= SUBSCRIPTIONS_PER_PEER:  # libzmq's unsubscribes of the connection cut before come too
+            assert publisher.poll(5000)
+            frame = publisher.recv(copy=False)
+            subscription, descriptor = Subscription.parse([frame.bytes]), connection_of(frame)
+            assert subscription is not None
+            cap.allows(subscription, descriptor)
+            subscribed += subscription.on and descriptor >= 0
+    said = [r.getMessage() for r in caplog.records if "cut the connection" in r.getMessage()]
+    line = "TEST cut the connection of {}: more than {} distinct subscriptions (SUBSCRIPTIONS_PER_PEER)"
+    flood, other = (line.format(peer, SUBSCRIPTIONS_PER_PEER) for peer in ("127.0.0.1", "127.0.0.2"))
+    assert said == [flood] * logs.LINES_PER_SECOND + [other]
+    for subscriber in subscribers:
+        subscriber.close(linger=0)
     publisher.close(linger=0)
 
 

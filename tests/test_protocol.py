@@ -236,6 +236,8 @@ def test_answers_come_at_once_up_to_a_burst_then_once_when_the_window_closes() -
     assert answers.next_due() is None and answers.due(now=11) == []
     assert [answers.now(b"light", now=10 + INTERVAL + 0.1) for _ in range(3)] == [True, True, False]  # a window
     assert answers.now(b"light", now=10 + 2 * INTERVAL + 0.1)  # opened by the held answer, now closed
+    single = Answers(interval=INTERVAL, burst=1)
+    assert [single.now(b"", now=t) for t in (0, INTERVAL / 2, INTERVAL)] == [True, False, True]  # [opened, + interval)
 
 
 def test_the_bounds_the_document_gives_are_the_codes() -> None:  # [B]
