@@ -50,6 +50,10 @@ REJECTED = {
         [b"light", b'{"sender":"x\\u001b[2J","life":1,"seq":1,"ts":0,"body":{}}'],
         "topic 'light': sender 'x\\x1b[2J' is not service@instance",
     ),
+    "a long sender, cut": (
+        [b"light", b'{"sender":"' + b"s" * 81 + b'@","life":1,"seq":1,"ts":0,"body":{}}'],
+        f"topic 'light': sender '{'s' * 80}' is not service@instance",
+    ),
     "JSON nested too deeply": (  # msgspec raises RecursionError here, not a DecodeError
         [b"light", b'{"sender":"s@h","life":1,"seq":1,"ts":0,"body":{"a":' + b"[" * 5000 + b"]" * 5000 + b"}}"],
         "topic 'light': JSON nested too deeply",

@@ -107,14 +107,14 @@ def test_lines_beyond_ten_a_second_of_one_peer_are_counted_and_told_with_its_nex
         limited.log("bad %d", i, peer="toaster")
     limited.log("other %d", 1, peer="web")  # another peer's line is not held back by the flood
     now = 101.2
-    limited.log("bad %d", 99, peer="toaster")
-    limited.log("bad %d", 100, peer="toaster")
+    for i in range(100, 100 + LINES_PER_SECOND + 1):  # a new second: a whole allowance again
+        limited.log("bad %d", i, peer="toaster")
     said = [line.split("WARNING ", 1)[1].strip() for line in out.getvalue().splitlines()]
     assert said == [
         *(f"bad {i}" for i in range(LINES_PER_SECOND)),
         "other 1",
-        "bad 99 (and 5 more like it held back)",
-        "bad 100",
+        "bad 100 (and 5 more like it held back)",
+        *(f"bad {i}" for i in range(101, 100 + LINES_PER_SECOND)),
     ]
 
 
