@@ -26,6 +26,7 @@ def test_shipped_config_loads() -> None:
     assert isinstance(toaster, ApplianceConfig)
     assert toaster.subscribe.topics == ["light"]
     assert config.publisher_of("toast") == ("toaster", toaster)
+    assert config.publisher_of("heartbeat") is None  # every publisher's, no service's
 
 
 def test_the_mirror_needs_no_publisher(tmp_path: Path) -> None:
