@@ -183,11 +183,14 @@ def report(listing: str) -> None:
     (HERE / "results.md").write_text("# Mutation testing\n\n" + "\n".join(figures) + "\n")
     readme = (ROOT / "README.md").read_text()
     head, found, rest = readme.partition(README_SECTION)
-    if found:
+    if found:  # the score; the survivors, one line each, are in results.md
         tail = rest[rest.find("\n## ") :] if "\n## " in rest else "\n"
-        (ROOT / "README.md").write_text(
-            head + README_SECTION + "\n\n" + INTRO + "\n\n" + "\n".join(figures) + "\n" + tail
+        unexplained = sum(name not in why for name in left)
+        summary = figures[0].partition(" The survivors")[0] + (
+            f" {len(left)} survivors: [tests/mutation/results.md](tests/mutation/results.md) says why each changes"
+            f" nothing a user or a peer could observe ({unexplained} not explained yet)."
         )
+        (ROOT / "README.md").write_text(head + README_SECTION + "\n\n" + INTRO + "\n\n" + summary + "\n" + tail)
     print("\n".join(figures))
 
 
