@@ -112,7 +112,8 @@ def measure_anew(only: list[str] | None = None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    # Two per core: the tests mostly wait on sockets and the services they start, so one per core leaves it idle
+    parser.add_argument("--max-children", type=int, default=2 * (os.cpu_count() or 2))
     parser.add_argument("--only", nargs="*", default=MUTATE, help="globs under src/ to mutate (default: %(default)s)")
     parser.add_argument("--report", action="store_true", help="only write the results so far (a run not finished)")
     parser.add_argument("--retry", action="store_true", help="only the survivors not explained, after new tests")
