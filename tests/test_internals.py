@@ -61,12 +61,17 @@ def test_logging_has_what_held_lines_replace() -> None:
     assert isinstance(logging.Logger.manager.loggerDict, dict)
 
 
+def verbose_xpub(context: zmq.Context) -> tuple[zmq.Socket, int]:
+    """A bound XPUB that hands up every subscription, as every bound publisher of ours does, and its port."""
+    publisher = context.socket(zmq.XPUB)
+    publisher.xpub_verbose = True
+    return publisher, publisher.bind_to_random_port("tcp://127.0.0.1")
+
+
 def test_a_subscription_tells_the_connection_it_came_on(context: zmq.Context) -> None:
     """sockets.SubscriptionCap reads ZMQ_SRCFD (deprecated in libzmq, kept in 4.3) on an XPUB's subscriptions,
     and libzmq's own unsubscribe for a peer that left has none."""
-    publisher = context.socket(zmq.XPUB)
-    publisher.xpub_verbose = True
-    port = publisher.bind_to_random_port("tcp://127.0.0.1")
+    publisher, port = verbose_xpub(context)
     subscriber = context.socket(zmq.SUB)
     subscriber.connect(f"tcp://127.0.0.1:{port}")
     subscriber.subscribe(b"light")
@@ -91,9 +96,7 @@ def test_the_subscription_cap_keeps_nothing_of_a_connection_once_it_is_gone(cont
     """[P6] What the cap holds of each connection, held and cut alike, goes with the connection (else it would
     grow with every peer that ever came), and the memory is handed back soon after, once for all that go
     meanwhile."""
-    publisher = context.socket(zmq.XPUB)
-    publisher.xpub_verbose = True
-    port = publisher.bind_to_random_port("tcp://127.0.0.1")
+    publisher, port = verbose_xpub(context)
     gone = publisher.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     asked: list[tuple[float, object]] = []  # what the cap asks the loop to run later
     cap = SubscriptionCap(publisher, "TEST", lambda delay, callback: asked.append((delay, callback)))
@@ -129,9 +132,7 @@ def test_the_subscription_cap_lets_a_connection_hold_its_allowance_and_counts_wh
     """[P6] SUBSCRIPTIONS_PER_PEER distinct subscriptions per connection, repeats of them too; the next is refused
     and the connection cut. libzmq's own unsubscribes (of connections gone) are handed up, and each
     SUBSCRIPTIONS_PER_PEER of them ask for the memory they freed to be handed back."""
-    publisher = context.socket(zmq.XPUB)
-    publisher.xpub_verbose = True
-    port = publisher.bind_to_random_port("tcp://127.0.0.1")
+    publisher, port = verbose_xpub(context)
     asked: list[tuple[float, object]] = []
     cap = SubscriptionCap(publisher, "TEST", lambda delay, callback: asked.append((delay, callback)))
     subscriber = context.socket(zmq.SUB)
@@ -165,9 +166,7 @@ def test_each_cut_is_said_within_its_own_peers_allowance(
     same second, is said all the same."""
     monkeypatch.setattr(logs.peer_warnings, "peers", OrderedDict())
     monkeypatch.setattr(logs.peer_warnings, "clock", lambda: 0.0)  # all in one second, however long it takes
-    publisher = context.socket(zmq.XPUB)
-    publisher.xpub_verbose = True
-    port = publisher.bind_to_random_port("tcp://127.0.0.1")
+    publisher, port = verbose_xpub(context)
     cap = SubscriptionCap(publisher, "TEST", lambda delay, callback: None)
     subscribers = []
     for source in ["127.0.0.1"] * (logs.LINES_PER_SECOND + 1) + ["127.0.0.2"]:
