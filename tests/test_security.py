@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import stat
 import struct
 import time
@@ -20,8 +21,18 @@ import pytest
 import zmq
 from smarthome.core.config import load_config
 from smarthome.core.envelope import Message, encode
-from smarthome.core.identity import TOOLS
-from smarthome.core.keys import TOKEN_FILE_ENV, KeyRing, Policy, answer_zap, token_file
+from smarthome.core.identity import TOOLS, Identity
+from smarthome.core.keys import (
+    KEYS_ENV,
+    SECRET_KEY_ENV,
+    TOKEN_FILE_ENV,
+    KeyRing,
+    Keys,
+    KeysError,
+    Policy,
+    answer_zap,
+    token_file,
+)
 from smarthome.core.logs import LINES_PER_SECOND
 
 from tests.support.base import BROKER_CONFIG, SHIPPED_CONFIG, wait_until
@@ -209,6 +220,33 @@ def test_keys_made_for_compose_are_the_services_user_s_and_the_tools_key_the_hos
     assert nested.ensure(["toaster"]) == ["toaster"]  # parents made too
     assert KeyRing(tmp_path / "c" / "d").ensure_token("web")  # a token first, its parents too
     assert nested.pair("toaster")[0] == nested.public("toaster")
+
+
+def test_a_service_s_own_pair_is_its_swarm_secret_else_in_the_keys_beside_its_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without $SMARTHOME_KEYS a service's keys are in keys/ beside its config's folder, made on its first start. In
+    a swarm its own pair is a secret of its own ($SMARTHOME_SECRET_KEY), and a file without a secret key in it is
+    said to be one."""
+    monkeypatch.delenv(KEYS_ENV, raising=False)
+    monkeypatch.delenv(SECRET_KEY_ENV, raising=False)
+    (tmp_path / "config").mkdir()
+    config = load_config(shutil.copy(SHIPPED_CONFIG, tmp_path / "config"))
+    keys = Keys(Identity("toaster", config))
+    assert (keys.public, keys.secret) == KeyRing(tmp_path / "keys").pair("toaster")
+
+    (tmp_path / "secret").mkdir()
+    public_file, secret_file = zmq.auth.create_certificates(tmp_path / "secret", "toaster")
+    monkeypatch.setenv(SECRET_KEY_ENV, secret_file)
+    keys = Keys(Identity("toaster", config))
+    assert (
+        (keys.public, keys.secret)
+        == zmq.auth.load_certificate(secret_file)
+        != KeyRing(tmp_path / "keys").pair("toaster")
+    )
+    monkeypatch.setenv(SECRET_KEY_ENV, public_file)
+    with pytest.raises(KeysError, match=r"no CurveZMQ keys: toaster\.key holds no secret key"):
+        Keys(Identity("toaster", config))
 
 
 def test_the_dashboard_token_is_its_configured_file_else_the_swarm_secret_else_beside_the_keys(
