@@ -226,8 +226,8 @@ def test_a_service_s_own_pair_is_its_swarm_secret_else_in_the_keys_beside_its_co
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without $SMARTHOME_KEYS a service's keys are in keys/ beside its config's folder, made on its first start. In
-    a swarm its own pair is a secret of its own ($SMARTHOME_SECRET_KEY), and a file without a secret key in it is
-    said to be one."""
+    a swarm its own pair is a secret of its own ($SMARTHOME_SECRET_KEY). A key file with no key in it is one line
+    naming it, where it is needed; where a peer's key is looked up it is nobody's, and crashes nothing."""
     monkeypatch.delenv(KEYS_ENV, raising=False)
     monkeypatch.delenv(SECRET_KEY_ENV, raising=False)
     (tmp_path / "config").mkdir()
@@ -245,8 +245,22 @@ def test_a_service_s_own_pair_is_its_swarm_secret_else_in_the_keys_beside_its_co
         != KeyRing(tmp_path / "keys").pair("toaster")
     )
     monkeypatch.setenv(SECRET_KEY_ENV, public_file)
-    with pytest.raises(KeysError, match=r"no CurveZMQ keys: toaster\.key holds no secret key"):
+    with pytest.raises(KeysError) as raised:
         Keys(Identity("toaster", config))
+    assert str(raised.value) == f"{tmp_path / 'secret'}: no CurveZMQ keys: toaster.key holds no secret key"
+    monkeypatch.delenv(SECRET_KEY_ENV)
+    (tmp_path / "keys" / "toaster.key_secret").write_text("")
+    with pytest.raises(KeysError) as raised:
+        Keys(Identity("toaster", config))
+    assert str(raised.value) == f"{tmp_path / 'keys'}: no CurveZMQ keys: toaster.key_secret holds no public key"
+
+    (tmp_path / "keys" / "light-switch.key").write_text("")  # being written, say
+    assert KeyRing(tmp_path / "keys").name_of(keys.public) is None  # and no crash on the way
+    assert KeyRing(tmp_path / "keys").name_of(KeyRing(tmp_path / "keys").public("toaster")) == "toaster"
+    with pytest.raises(KeysError) as raised:
+        keys.server_key("tcp://light-switch:5556")
+    problem = "no CurveZMQ key of the server of tcp://light-switch:5556: light-switch.key holds no public key"
+    assert str(raised.value) == f"{tmp_path / 'keys'}: {problem}"
 
 
 def test_the_dashboard_token_is_its_configured_file_else_the_swarm_secret_else_beside_the_keys(

@@ -11,6 +11,7 @@ broker relays what it has checked, and the host tools (the operator) may say any
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import secrets
@@ -99,12 +100,15 @@ class KeyRing:
         return _pair(self.directory / f"{name}.key_secret")
 
     def public(self, name: str) -> bytes:
-        return zmq.auth.load_certificate(self.directory / f"{name}.key")[0]
+        return _certificate(self.directory / f"{name}.key")[0]
 
     def name_of(self, public: bytes) -> str | None:
         """Whose key `public` (z85) is, or None: re-reads the directory for a key it does not know yet."""
         if public not in self._names:
-            self._names = {self.public(path.stem): path.stem for path in self.directory.glob("*.key")}
+            self._names = {}
+            for path in self.directory.glob("*.key"):
+                with contextlib.suppress(OSError):  # a key being written, or no key: nobody's, for now
+                    self._names[self.public(path.stem)] = path.stem
         return self._names.get(public)
 
 
@@ -132,27 +136,40 @@ class Keys:
         self.config = me.config
         self.ring = KeyRing(keys_dir(me.config))
         names = key_names(me.config)
-        own = os.environ.get(SECRET_KEY_ENV)
+        own = os.environ.get(SECRET_KEY_ENV)  # swarm: our own secret, mounted apart from everyone's public keys
         try:
-            if own:  # swarm: our own secret, mounted apart from everyone's public keys
+            if own:
                 self.public, self.secret = _pair(Path(own))
                 return
             if not all((self.ring.directory / f"{name}.key_secret").exists() for name in names):
                 self.ring.ensure(names)  # first start: make them (in compose the `keys` service has)
             self.public, self.secret = self.ring.pair(me.key)
         except OSError as exc:
-            raise KeysError(str(self.ring.directory), "", f"no CurveZMQ keys: {exc.strerror or exc}") from None
+            folder = Path(own).parent if own else self.ring.directory
+            raise KeysError(str(folder), "", f"no CurveZMQ keys: {exc.strerror or exc}") from None
 
     def server_key(self, endpoint: str) -> bytes:
         """The public key of whoever binds `endpoint`: a client talks only to the server it meant."""
-        return self.ring.public(self.config.binder_of(endpoint) or "")
+        try:
+            return self.ring.public(self.config.binder_of(endpoint) or "")
+        except OSError as exc:
+            problem = f"no CurveZMQ key of the server of {endpoint}: {exc.strerror or exc}"
+            raise KeysError(str(self.ring.directory), "", problem) from None
 
 
 def _pair(path: Path) -> tuple[bytes, bytes]:
-    public, secret = zmq.auth.load_certificate(path)
+    public, secret = _certificate(path)
     if secret is None:
-        raise FileNotFoundError(f"{path.name} holds no secret key")
+        raise OSError(f"{path.name} holds no secret key")
     return public, secret
+
+
+def _certificate(path: Path) -> tuple[bytes, bytes | None]:
+    """zmq.auth.load_certificate, with a file that holds no key an OSError too."""
+    try:
+        return zmq.auth.load_certificate(path)
+    except ValueError:  # pyzmq's "No public key found in PATH"
+        raise OSError(f"{path.name} holds no public key") from None
 
 
 class KeyAuthentication:
