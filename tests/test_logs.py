@@ -15,6 +15,7 @@ from smarthome.core.keys import Policy
 from smarthome.core.logs import (
     LINES_PER_SECOND,
     PEERS_COUNTED,
+    HoldingLogger,
     LimitedLines,
     TextFormatter,
     escape,
@@ -97,6 +98,15 @@ def test_a_held_line_carries_the_time_of_its_call_and_exceptions_are_not_held() 
         except ValueError:
             log.exception("failed")
         assert out.getvalue().splitlines()[-1].endswith("failed: ValueError: bad")
+
+
+def test_a_held_line_is_stamped_with_the_second_and_millisecond_of_its_call() -> None:
+    log, out = stream_logger()
+    with held_lines():  # our loggers hold lines from now on
+        pass
+    assert isinstance(log, HoldingLogger)
+    log.write(logging.INFO, "%s ready", ("toast",), 1_767_225_599_999_000_000)  # ns: the last ms of 2025
+    assert out.getvalue() == "2025-12-31T23:59:59.999Z INFO    toast ready\n"
 
 
 def test_lines_beyond_ten_a_second_of_one_peer_are_counted_and_told_with_its_next_line_that_gets_through() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -279,3 +280,25 @@ def test_a_cancelled_timer_never_runs_and_the_others_run_in_order(
     loop.call_later(0.05, loop.stop)
     assert loop.run() == 0
     assert ran == ["first", "second"]
+
+
+def test_the_lines_of_a_timer_that_ran_wait_until_the_loop_is_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A timer that ran is an event, as a message is: what it sent is on its way, and the lines it logged are
+    written when the loop next finds nothing to do, not before (here a timer due at once comes first)."""
+    monkeypatch.setenv("SMARTHOME_LOOPBACK", "1")
+    caplog.set_level(logging.INFO)
+    loop = Loop(Identity("light-switch", load_config(loopback_config(tmp_path, curve=False))))
+    log = logging.getLogger("smarthome.test")
+    written: list[list[str]] = []
+
+    def toggle() -> None:
+        log.info("toggled")
+        loop.call_later(0, lambda: written.append([r.getMessage() for r in caplog.records]))
+
+    loop.call_later(0, toggle)
+    loop.call_later(0.05, loop.stop)
+    assert loop.run() == 0
+    assert "toggled" not in written[0]
+    assert "toggled" in [r.getMessage() for r in caplog.records]
