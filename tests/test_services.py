@@ -282,23 +282,39 @@ def test_a_cancelled_timer_never_runs_and_the_others_run_in_order(
     assert ran == ["first", "second"]
 
 
-def test_the_lines_of_a_timer_that_ran_wait_until_the_loop_is_idle(
+def test_an_idle_loop_wakes_for_its_timers_only_and_writes_its_lines_in_between(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A timer that ran is an event, as a message is: what it sent is on its way, and the lines it logged are
-    written when the loop next finds nothing to do, not before (here a timer due at once comes first)."""
+    """A timer that ran is an event, as a message is: what it sent is on its way, and the lines it logged wait
+    while the loop has more to do (here a timer due at once). They are written when a poll finds nothing to do,
+    before the next timer. Idle, the loop sleeps until its next timer is due (LINES_AFTER_IDLE at most while it
+    holds lines): a few polls a timer, never a spin."""
     monkeypatch.setenv("SMARTHOME_LOOPBACK", "1")
     caplog.set_level(logging.INFO)
     loop = Loop(Identity("light-switch", load_config(loopback_config(tmp_path, curve=False))))
     log = logging.getLogger("smarthome.test")
-    written: list[list[str]] = []
+    polls, poll = 0, loop.poller.poll
 
-    def toggle() -> None:
-        log.info("toggled")
-        loop.call_later(0, lambda: written.append([r.getMessage() for r in caplog.records]))
+    def counted(timeout: int) -> list[tuple[zmq.Socket, int]]:
+        nonlocal polls
+        polls += 1
+        return poll(timeout)
 
-    loop.call_later(0, toggle)
-    loop.call_later(0.05, loop.stop)
+    loop.poller.poll = counted  # type: ignore[method-assign]  # the real poll, counted
+    ticks: list[int] = []
+    written = lambda: [r.getMessage() for r in caplog.records]  # noqa: E731
+    checks: list[tuple[int, list[str]]] = []  # each tick, the lines written when a timer due at once ran
+
+    def tick() -> None:
+        ticks.append(len(ticks))
+        log.info("tick %d", ticks[-1])
+        loop.call_later(0, lambda n=ticks[-1]: checks.append((n, written())))
+
+    loop.every(0.1, tick)
+    loop.call_later(0.55, loop.stop)
     assert loop.run() == 0
-    assert "toggled" not in written[0]
-    assert "toggled" in [r.getMessage() for r in caplog.records]
+    assert [n for n, lines in checks] == [0, 1, 2, 3, 4]
+    for n, lines in checks:
+        assert f"tick {n}" not in lines  # held while the loop had more to do
+        assert n == 0 or f"tick {n - 1}" in lines  # written before the next tick
+    assert polls <= 5 * len(ticks) + 5, f"{polls} polls for {len(ticks)} timers: the loop spins"
