@@ -62,15 +62,17 @@ def test_held_lines_are_written_in_order_at_each_flush_and_at_the_end() -> None:
     assert logging.getLogger().handlers == before
 
 
-def test_other_libraries_loggers_are_left_as_they_are() -> None:
+def test_our_loggers_hold_their_lines_and_other_libraries_loggers_are_left_as_they_are() -> None:
     log, out = stream_logger()
     theirs = logging.getLogger("otherlib.worker")  # a library of the process, not ours
+    ours = [logging.getLogger("smarthome"), logging.getLogger("smarthome.roles.appliance")]  # the core's, a role's
     with held_lines():
         log.info("ours")
         theirs.info("theirs")
         assert out.getvalue().split()[-1] == "theirs"  # written at once; ours is held
     assert out.getvalue().split()[-1] == "ours"
-    assert type(theirs) is logging.Logger
+    assert type(theirs) is type(logging.getLogger("smarthomely")) is logging.Logger
+    assert all(isinstance(logger, HoldingLogger) for logger in ours)
 
 
 def test_errors_are_written_at_once_after_what_was_held() -> None:

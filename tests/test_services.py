@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 import zmq
+from smarthome.core import logs
 from smarthome.core.config import load_config
 from smarthome.core.envelope import Message, encode
 from smarthome.core.identity import Identity
@@ -280,6 +282,34 @@ def test_a_cancelled_timer_never_runs_and_the_others_run_in_order(
     loop.call_later(0.05, loop.stop)
     assert loop.run() == 0
     assert ran == ["first", "second"]
+
+
+def test_a_handler_that_raises_costs_its_message_only_and_a_burst_read_to_its_end_leaves_the_loop_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Loop.watch: a message whose handler raises is dropped with one line naming the service, and the loop goes
+    on with the next. A burst is read to its end without waiting for more: the loop stops when asked."""
+    monkeypatch.setenv("SMARTHOME_LOOPBACK", "1")
+    monkeypatch.setattr(logs.peer_warnings, "peers", OrderedDict())  # a whole allowance of lines
+    loop = Loop(Identity("light-switch", load_config(loopback_config(tmp_path, curve=False))))
+    inbox, sender = loop.context.socket(zmq.PULL), loop.context.socket(zmq.PUSH)
+    inbox.bind("inproc://burst")
+    sender.connect("inproc://burst")
+    handled: list[list[bytes]] = []
+
+    def handle(frames: list[bytes]) -> None:
+        if frames == [b"bad"]:
+            raise ValueError("cannot read b'bad'")
+        handled.append(frames)
+
+    loop.watch(inbox, handle)
+    for frames in ([b"one"], [b"bad"], [b"two", b"parts"]):
+        sender.send_multipart(frames)
+    loop.call_later(0.1, loop.stop)  # a loop stuck in a read would never run it: pytest's timeout ends it
+    assert loop.run() == 0
+    assert handled == [[b"one"], [b"two", b"parts"]]
+    said = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert said == ["LIGHT SWITCH dropped a message it could not handle: ValueError: cannot read b'bad'"]
 
 
 def test_an_idle_loop_wakes_for_its_timers_only_and_writes_its_lines_in_between(
