@@ -16,8 +16,16 @@ from smarthome.core import logs
 from smarthome.core.config import load_config
 from smarthome.core.envelope import Message, encode
 from smarthome.core.identity import Identity
+from smarthome.core.keys import ZAP_DOMAIN
 from smarthome.core.protocol import ANSWER_BURST
 from smarthome.core.runtime import Loop
+from smarthome.core.sockets import (
+    CONNECT_TIMEOUT,
+    SUBSCRIPTION_MAX_BYTES,
+    SUBSCRIPTIONS_PER_PEER,
+    TCP_KEEPALIVE_IDLE,
+    TCP_KEEPALIVE_INTVL,
+)
 
 from tests.support.base import ALL_READY, BROKER_CONFIG, DEADLINE, LABELS, SHIPPED_CONFIG, wait_until
 from tests.support.peers import listener, with_key
@@ -282,6 +290,40 @@ def test_a_cancelled_timer_never_runs_and_the_others_run_in_order(
     loop.call_later(0.05, loop.stop)
     assert loop.run() == 0
     assert ran == ["first", "second"]
+
+
+def test_every_socket_has_the_configs_heartbeats_the_runtimes_limits_and_curve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sockets.make, read back from the sockets: linger 0 (a stop never waits on a peer), the config's ZMTP
+    heartbeats, the kernel's TCP keepalive, the largest message a peer may send (into an XPUB, a subscription;
+    and what waits there unread is bounded [P6]), a connect timeout on a connecting socket, CurveZMQ on each (a
+    bound one is a server, for ZAP)."""
+    monkeypatch.setenv("SMARTHOME_LOOPBACK", "1")
+    monkeypatch.setenv("SMARTHOME_KEYS", str(tmp_path / "keys"))
+    caplog.set_level(logging.INFO)
+    zmtp = {"zmtp.heartbeat_ivl": 0.25, "zmtp.heartbeat_timeout": 0.75, "zmtp.heartbeat_ttl": 1.25}
+    config = loopback_config(tmp_path, max_message_bytes=4096, **zmtp)
+    loop = Loop(Identity("light-switch", load_config(config)))
+    bind = endpoint(config, "light-switch")
+    xpub = loop.sockets.make(zmq.XPUB, bind=bind)
+    sub = loop.sockets.make(zmq.SUB, connect=bind, topics=["light"])
+    pub = loop.sockets.make(zmq.PUB, bind="tcp://127.0.0.1:0")
+    for sock in (xpub, sub, pub):
+        assert (sock.linger, sock.heartbeat_ivl, sock.heartbeat_timeout, sock.heartbeat_ttl) == (0, 250, 750, 1200)
+        assert (sock.tcp_keepalive, sock.tcp_keepalive_idle, sock.tcp_keepalive_intvl) == (
+            1,
+            TCP_KEEPALIVE_IDLE,
+            TCP_KEEPALIVE_INTVL,
+        )
+        assert sock.mechanism == zmq.CURVE
+    assert (xpub.maxmsgsize, sub.maxmsgsize, pub.maxmsgsize) == (SUBSCRIPTION_MAX_BYTES, 4096, 4096)
+    assert xpub.rcvhwm == SUBSCRIPTIONS_PER_PEER != sub.rcvhwm
+    assert (xpub.curve_server, sub.curve_server, pub.curve_server) == (True, False, True)
+    assert xpub.zap_domain == pub.zap_domain == ZAP_DOMAIN.encode()
+    assert sub.connect_timeout == int(CONNECT_TIMEOUT * 1000)
+    assert f"LIGHT SWITCH listening on {bind}" in [r.getMessage() for r in caplog.records]
+    loop.context.destroy(linger=0)
 
 
 def test_a_handler_that_raises_costs_its_message_only_and_a_burst_read_to_its_end_leaves_the_loop_free(
