@@ -66,6 +66,8 @@ def test_our_loggers_hold_their_lines_and_other_libraries_loggers_are_left_as_th
     log, out = stream_logger()
     theirs = logging.getLogger("otherlib.worker")  # a library of the process, not ours
     ours = [logging.getLogger("smarthome"), logging.getLogger("smarthome.roles.appliance")]  # the core's, a role's
+    for logger in ours:  # as made at import, whatever ran before in this process
+        logger.__class__ = logging.Logger
     with held_lines():
         log.info("ours")
         theirs.info("theirs")
