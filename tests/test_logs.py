@@ -2,6 +2,7 @@
 warnings about bad input, which a flood cannot multiply."""
 
 import io
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -16,6 +17,7 @@ from smarthome.core.logs import (
     LINES_PER_SECOND,
     PEERS_COUNTED,
     HoldingLogger,
+    JsonFormatter,
     LimitedLines,
     TextFormatter,
     escape,
@@ -111,6 +113,26 @@ def test_a_held_line_is_stamped_with_the_second_and_millisecond_of_its_call() ->
     assert isinstance(log, HoldingLogger)
     log.write(logging.INFO, "%s ready", ("toast",), 1_767_225_599_999_000_000)  # ns: the last ms of 2025
     assert out.getvalue() == "2025-12-31T23:59:59.999Z INFO    toast ready\n"
+
+
+def test_an_exception_stays_on_its_line_and_its_traceback_follows_at_level_debug_only() -> None:
+    try:
+        raise ValueError("two\n  lines")
+    except ValueError as exc:
+        error = exc
+    raised = logging.makeLogRecord({"msg": "failed", "levelname": "ERROR"})
+    raised.exc_info = (ValueError, error, error.__traceback__)
+    unraised = logging.makeLogRecord({"msg": "refused", "levelname": "WARNING"})
+    unraised.exc_info = (KeyError, KeyError("toast"), None)  # an exception made, never raised: no traceback
+    for record, said in ((raised, "failed: ValueError: two lines"), (unraised, "refused: KeyError: 'toast'")):
+        for formatter in (TextFormatter(tracebacks=False), JsonFormatter(tracebacks=False)):
+            text = formatter.format(record)
+            line = json.loads(text)["message"] if isinstance(formatter, JsonFormatter) else text.split(" ", 2)[2]
+            assert line.strip() == said and "Traceback" not in text
+    debug_text = TextFormatter(tracebacks=True).format(raised)
+    assert debug_text.splitlines()[0].endswith("failed: ValueError: two lines")
+    assert debug_text.splitlines()[1] == "Traceback (most recent call last):"
+    assert json.loads(JsonFormatter(tracebacks=True).format(raised))["traceback"].startswith("Traceback")
 
 
 def test_lines_beyond_ten_a_second_of_one_peer_are_counted_and_told_with_its_next_line_that_gets_through() -> None:
