@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from smarthome.core.config import ApplianceConfig, ConfigError, load_config
+from smarthome.core.config import CONFIG_ENV, MAX_CONFIG_BYTES, ApplianceConfig, ConfigError, host_port, load_config
 
-from tests.support.base import BROKER_CONFIG, SHIPPED_CONFIG
+from tests.support.base import BROKER_CONFIG, ROOT, SHIPPED_CONFIG
 from tests.support.processes import smarthome
 
 
@@ -58,6 +59,12 @@ BROKEN = {
         "no service binds the port of 'tcp://toaster:5559'",
     ),
     "unknown role": ("role: mirror", "role: tv", "services.smart-mirror.role", "invalid value 'tv'"),
+    "commands to a port nobody binds": (
+        'connect: "tcp://light-switch:5555"',
+        'connect: "tcp://light-switch:5554"',
+        "services.web.commands.connect",
+        "no service binds the port of 'tcp://light-switch:5554'",
+    ),
     "malformed endpoint": (
         '"tcp://toaster:5558"',
         '"tcp:/toaster"',
@@ -282,6 +289,52 @@ def test_a_huge_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert str(error.value) == f"{path}: larger than 1024 KiB: not a config"
+
+
+def test_a_file_of_the_largest_size_loads_and_a_terabyte_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "largest.yml"
+    text = SHIPPED_CONFIG.read_text()
+    path.write_text(text + "#" * (MAX_CONFIG_BYTES - len(text.encode())))
+    assert load_config(path).services == load_config(SHIPPED_CONFIG).services
+    os.truncate(path, 1 << 40)  # sparse: it takes no room on disk, but read whole it would take a terabyte
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == f"{path}: larger than 1024 KiB: not a config"
+
+
+def test_bytes_that_are_not_utf_8_are_read_as_replacement_characters(tmp_path: Path) -> None:
+    """In a comment they change nothing; in a value, the error shows where."""
+    path = tmp_path / "latin-1.yml"
+    path.write_bytes(b"# caf\xe9 au lait\n" + SHIPPED_CONFIG.read_bytes())
+    assert load_config(path).services == load_config(SHIPPED_CONFIG).services
+    path.write_bytes(SHIPPED_CONFIG.read_bytes().replace(b"name: TOASTER", b"name: TOASTER\n    br\xf6t: 1"))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == f"{path}: services.toaster: unknown key 'br\ufffdt'"
+
+
+def test_the_config_is_the_named_file_else_smarthome_config_else_the_projects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    assert load_config().path == "config/smarthome.yml"
+    monkeypatch.setenv(CONFIG_ENV, str(BROKER_CONFIG))
+    assert load_config().path == str(BROKER_CONFIG)
+    assert load_config(SHIPPED_CONFIG).path == str(SHIPPED_CONFIG)
+
+
+def test_a_client_pins_the_key_of_the_service_that_binds_the_port_it_connects_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """By container port, or by the host port compose publishes it on ($SMARTHOME_HOST_PORT_<port>)."""
+    config = load_config(SHIPPED_CONFIG)
+    assert host_port("5556") == "5556"
+    assert config.binder_of("tcp://light-switch:5556") == config.binder_of("tcp://127.0.0.1:5556") == "light-switch"
+    monkeypatch.setenv("SMARTHOME_HOST_PORT_5556", "15556")
+    assert host_port("5556") == "15556"
+    assert config.binder_of("tcp://127.0.0.1:15556") == config.binder_of("tcp://light-switch:5556") == "light-switch"
+    assert config.binder_of("tcp://127.0.0.1:15557") is None
 
 
 def test_missing_file_is_one_line(tmp_path: Path) -> None:
