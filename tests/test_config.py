@@ -313,6 +313,14 @@ def test_bytes_that_are_not_utf_8_are_read_as_replacement_characters(tmp_path: P
     assert str(error.value) == f"{path}: services.toaster: unknown key 'br\ufffdt'"
 
 
+def test_a_character_yaml_does_not_allow_is_named_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "nul.yml"
+    path.write_text("\n\ntopics: \x00\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == f"{path}: line 3: not valid YAML: character #x0000: special characters are not allowed"
+
+
 def test_the_config_is_the_named_file_else_smarthome_config_else_the_projects(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

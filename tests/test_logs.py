@@ -14,6 +14,8 @@ from smarthome.core.config import load_config
 from smarthome.core.envelope import HEARTBEAT_TOPIC, Message, encode
 from smarthome.core.keys import Policy
 from smarthome.core.logs import (
+    FORMAT_ENV,
+    LEVEL_ENV,
     LINES_PER_SECOND,
     PEERS_COUNTED,
     HoldingLogger,
@@ -23,6 +25,7 @@ from smarthome.core.logs import (
     escape,
     held_lines,
     peer_warnings,
+    setup_logging,
 )
 from smarthome.core.messaging import Subscriber
 from smarthome.core.sockets import guarded
@@ -133,6 +136,27 @@ def test_an_exception_stays_on_its_line_and_its_traceback_follows_at_level_debug
     assert debug_text.splitlines()[0].endswith("failed: ValueError: two lines")
     assert debug_text.splitlines()[1] == "Traceback (most recent call last):"
     assert json.loads(JsonFormatter(tracebacks=True).format(raised))["traceback"].startswith("Traceback")
+
+
+@pytest.mark.parametrize("level, debug", [("debug", True), ("DEBUG", True), ("info", False)])
+def test_the_log_goes_to_stderr_at_its_level_with_tracebacks_at_debug_only(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], level: str, debug: bool
+) -> None:
+    """setup_logging replaces whatever handlers the process had (here pytest's)."""
+    monkeypatch.setenv(LEVEL_ENV, level)
+    monkeypatch.setenv(FORMAT_ENV, "TEXT")
+    setup_logging()
+    log = logging.getLogger("smarthome.test")
+    log.debug("details")
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        log.exception("failed")
+    written = capsys.readouterr().err
+    assert ("details" in written) == debug
+    [failed] = [line for line in written.splitlines() if "failed" in line]
+    assert failed.endswith("ERROR   failed: ValueError: bad")
+    assert ("Traceback (most recent call last):" in written) == debug
 
 
 def test_lines_beyond_ten_a_second_of_one_peer_are_counted_and_told_with_its_next_line_that_gets_through() -> None:
