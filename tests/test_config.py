@@ -321,6 +321,15 @@ def test_a_character_yaml_does_not_allow_is_named_with_its_line(tmp_path: Path) 
     assert str(error.value) == f"{path}: line 3: not valid YAML: character #x0000: special characters are not allowed"
 
 
+@pytest.mark.parametrize("text, got", [("- light\n", "array"), ("", "null"), ("light\n", "str")])
+def test_a_file_that_is_no_mapping_is_named_so(tmp_path: Path, text: str, got: str) -> None:
+    path = tmp_path / "not-a-mapping.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == f"{path}: (top level): expected 'object', got '{got}'"
+
+
 def test_the_config_is_the_named_file_else_smarthome_config_else_the_projects(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
