@@ -8,7 +8,18 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from smarthome.core.config import CONFIG_ENV, MAX_CONFIG_BYTES, ApplianceConfig, ConfigError, host_port, load_config
+from smarthome.core.config import (
+    CONFIG_ENV,
+    MAX_CONFIG_BYTES,
+    MAX_CONFIG_DEPTH,
+    MAX_NUMBER_CHARS,
+    MIN_TOGGLE_PERIOD,
+    ApplianceConfig,
+    ConfigError,
+    host_port,
+    load_config,
+)
+from smarthome.core.envelope import MAX_VIEW_LABELS
 
 from tests.support.base import BROKER_CONFIG, ROOT, SHIPPED_CONFIG
 from tests.support.processes import smarthome
@@ -328,6 +339,37 @@ def test_a_file_that_is_no_mapping_is_named_so(tmp_path: Path, text: str, got: s
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert str(error.value) == f"{path}: (top level): expected 'object', got '{got}'"
+
+
+def test_each_bound_of_the_config_holds_at_its_value_and_refuses_past_it(tmp_path: Path) -> None:
+    """Nesting (counted level by level, siblings too), a number's characters (ints and floats, not strings),
+    the mirror's view, the light switch's toggle."""
+    nested = tmp_path / "nested.yml"
+    for lists, refused in ((MAX_CONFIG_DEPTH - 2, False), (MAX_CONFIG_DEPTH - 1, True)):  # two mappings around
+        nested.write_text("x: {a: 1, b: " + "[" * lists + "]" * lists + "}\n")
+        with pytest.raises(ConfigError) as error:
+            load_config(nested)
+        assert ("nested deeper than" in str(error.value)) == refused, error.value
+
+    at_most = "2." + "0" * (MAX_NUMBER_CHARS - 2)
+    assert load_config(broken_config(tmp_path, "prep_time: 2", f"prep_time: {at_most}")).services
+    long_string = f"bind_host: 0.0.0.0\n    access_token_file: /run/{'t' * MAX_NUMBER_CHARS}"
+    assert load_config(broken_config(tmp_path, "bind_host: 0.0.0.0", long_string)).services  # no number
+    for number in (at_most + "0", "9" * (MAX_NUMBER_CHARS + 1)):
+        with pytest.raises(ConfigError, match=f"a number of {MAX_NUMBER_CHARS + 1} characters"):
+            load_config(broken_config(tmp_path, "prep_time: 2", f"prep_time: {number}"))
+
+    labels_each = MAX_VIEW_LABELS // 2  # the mirror's two topics
+    at_bound = f"max_instances: {labels_each}\nmax_message_bytes: 65536"
+    assert load_config(broken_config(tmp_path, "max_message_bytes: 65536", at_bound)).max_instances == labels_each
+    past = f"max_instances: {labels_each + 1}\nmax_message_bytes: 65536"
+    with pytest.raises(ConfigError, match="make a view of more than"):
+        load_config(broken_config(tmp_path, "max_message_bytes: 65536", past))
+
+    fastest = f"toggle_period: {MIN_TOGGLE_PERIOD} "
+    assert load_config(broken_config(tmp_path, "toggle_period: 0 ", fastest)).services
+    with pytest.raises(ConfigError, match="is too fast"):
+        load_config(broken_config(tmp_path, "toggle_period: 0 ", f"toggle_period: {MIN_TOGGLE_PERIOD * 0.99} "))
 
 
 def test_the_config_is_the_named_file_else_smarthome_config_else_the_projects(
