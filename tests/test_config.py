@@ -70,6 +70,18 @@ BROKEN = {
         "no service binds the port of 'tcp://toaster:5559'",
     ),
     "unknown role": ("role: mirror", "role: tv", "services.smart-mirror.role", "invalid value 'tv'"),
+    "port 0": (
+        '"tcp://*:5557"',
+        '"tcp://*:0"',
+        "services.coffee-maker.publish.bind",
+        "malformed endpoint 'tcp://*:0': expected tcp://HOST:PORT",
+    ),
+    "an MQTT broker at '*'": (
+        '"tcp://mosquitto:1883"',
+        '"tcp://*:1883"',
+        "services.mqtt-bridge.mqtt_broker",
+        "cannot connect to 'tcp://*:1883': '*' is only for bind",
+    ),
     "commands to a port nobody binds": (
         'connect: "tcp://light-switch:5555"',
         'connect: "tcp://light-switch:5554"',
@@ -394,6 +406,12 @@ def test_a_client_pins_the_key_of_the_service_that_binds_the_port_it_connects_to
     assert host_port("5556") == "15556"
     assert config.binder_of("tcp://127.0.0.1:15556") == config.binder_of("tcp://light-switch:5556") == "light-switch"
     assert config.binder_of("tcp://127.0.0.1:15557") is None
+
+
+def test_a_client_may_connect_to_a_privileged_port(tmp_path: Path) -> None:
+    """Only binding one needs privileges: the MQTT broker may listen on any port."""
+    config = load_config(broken_config(tmp_path, '"tcp://mosquitto:1883"', '"tcp://mosquitto:883"'))
+    assert config.services["mqtt-bridge"].mqtt_broker == "tcp://mosquitto:883"  # type: ignore[union-attr]
 
 
 def test_missing_file_is_one_line(tmp_path: Path) -> None:
