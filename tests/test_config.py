@@ -76,6 +76,12 @@ BROKEN = {
         "services.coffee-maker.publish.bind",
         "malformed endpoint 'tcp://*:0': expected tcp://HOST:PORT",
     ),
+    "port 65536": (
+        '"tcp://*:5557"',
+        '"tcp://*:65536"',
+        "services.coffee-maker.publish.bind",
+        "malformed endpoint 'tcp://*:65536': expected tcp://HOST:PORT",
+    ),
     "an MQTT broker at '*'": (
         '"tcp://mosquitto:1883"',
         '"tcp://*:1883"',
@@ -408,10 +414,14 @@ def test_a_client_pins_the_key_of_the_service_that_binds_the_port_it_connects_to
     assert config.binder_of("tcp://127.0.0.1:15557") is None
 
 
-def test_a_client_may_connect_to_a_privileged_port(tmp_path: Path) -> None:
-    """Only binding one needs privileges: the MQTT broker may listen on any port."""
+def test_a_client_may_connect_to_a_privileged_port_and_the_last_port_is_one(tmp_path: Path) -> None:
+    """Only binding a port below 1024 needs privileges: the MQTT broker may listen on any port."""
     config = load_config(broken_config(tmp_path, '"tcp://mosquitto:1883"', '"tcp://mosquitto:883"'))
     assert config.services["mqtt-bridge"].mqtt_broker == "tcp://mosquitto:883"  # type: ignore[union-attr]
+    last = tmp_path / "last-port.yml"
+    last.write_text(SHIPPED_CONFIG.read_text().replace(":5557", ":65535"))  # the coffee maker's, everywhere
+    config = load_config(last)
+    assert config.services["coffee-maker"].publish.bind == "tcp://*:65535"  # type: ignore[union-attr]
 
 
 def test_missing_file_is_one_line(tmp_path: Path) -> None:
