@@ -414,14 +414,14 @@ def test_a_client_pins_the_key_of_the_service_that_binds_the_port_it_connects_to
     assert config.binder_of("tcp://127.0.0.1:15557") is None
 
 
-def test_a_client_may_connect_to_a_privileged_port_and_the_last_port_is_one(tmp_path: Path) -> None:
+def test_a_client_may_connect_to_a_privileged_port_and_a_service_bind_1024_to_65535(tmp_path: Path) -> None:
     """Only binding a port below 1024 needs privileges: the MQTT broker may listen on any port."""
     config = load_config(broken_config(tmp_path, '"tcp://mosquitto:1883"', '"tcp://mosquitto:883"'))
     assert config.services["mqtt-bridge"].mqtt_broker == "tcp://mosquitto:883"  # type: ignore[union-attr]
-    last = tmp_path / "last-port.yml"
-    last.write_text(SHIPPED_CONFIG.read_text().replace(":5557", ":65535"))  # the coffee maker's, everywhere
-    config = load_config(last)
-    assert config.services["coffee-maker"].publish.bind == "tcp://*:65535"  # type: ignore[union-attr]
+    for port in ("1024", "65535"):  # the first a service may bind, the last
+        moved = tmp_path / f"port-{port}.yml"
+        moved.write_text(SHIPPED_CONFIG.read_text().replace(":5557", f":{port}"))  # the coffee maker's, everywhere
+        assert load_config(moved).services["coffee-maker"].publish.bind == f"tcp://*:{port}"  # type: ignore[union-attr]
 
 
 def test_missing_file_is_one_line(tmp_path: Path) -> None:
