@@ -25,6 +25,13 @@ from tests.support.base import BROKER_CONFIG, ROOT, SHIPPED_CONFIG
 from tests.support.processes import smarthome
 
 
+def refusal(path: Path | str) -> str:
+    """The one line load_config refuses `path` with."""
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    return str(error.value)
+
+
 def test_broker_config_loads() -> None:
     config = load_config(BROKER_CONFIG)
     assert config.broker is not None
@@ -298,26 +305,20 @@ def broken_config(tmp_path: Path, old: str | tuple[str, ...], new: str | tuple[s
 def test_each_config_error_names_file_key_and_problem(tmp_path: Path, case: str) -> None:
     old, new, key, problem = BROKEN[case]
     path = broken_config(tmp_path, old, new)
-    with pytest.raises(ConfigError) as error:
-        load_config(path)
-    assert str(error.value) == (f"{path}: {key}: {problem}" if key else f"{path}: {problem}")
+    assert refusal(path) == (f"{path}: {key}: {problem}" if key else f"{path}: {problem}")
 
 
 @pytest.mark.parametrize("key, port", [("publishers", 5559), ("subscribers", 5560)])
 def test_a_broker_endpoint_error_names_its_key(tmp_path: Path, key: str, port: int) -> None:
     path = tmp_path / "broken.yml"
     path.write_text(BROKER_CONFIG.read_text().replace(f'{key}: "tcp://*:{port}"', f'{key}: "tcp://*:80"'))
-    with pytest.raises(ConfigError) as error:
-        load_config(path)
-    assert str(error.value) == f"{path}: services.broker.{key}: port 80 is privileged (below 1024): pick another"
+    assert refusal(path) == f"{path}: services.broker.{key}: port 80 is privileged (below 1024): pick another"
 
 
 def test_a_huge_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
     path = tmp_path / "huge.yml"
     path.write_text(SHIPPED_CONFIG.read_text() + "#" * (2 << 20))
-    with pytest.raises(ConfigError) as error:
-        load_config(path)
-    assert str(error.value) == f"{path}: larger than 1024 KiB: not a config"
+    assert refusal(path) == f"{path}: larger than 1024 KiB: not a config"
 
 
 def test_a_file_of_the_largest_size_loads_and_a_terabyte_is_refused_unread(tmp_path: Path) -> None:
@@ -326,9 +327,7 @@ def test_a_file_of_the_largest_size_loads_and_a_terabyte_is_refused_unread(tmp_p
     path.write_text(text + "#" * (MAX_CONFIG_BYTES - len(text.encode())))
     assert load_config(path).services == load_config(SHIPPED_CONFIG).services
     os.truncate(path, 1 << 40)  # sparse: it takes no room on disk, but read whole it would take a terabyte
-    with pytest.raises(ConfigError) as error:
-        load_config(path)
-    assert str(error.value) == f"{path}: larger than 1024 KiB: not a config"
+    assert refusal(path) == f"{path}: larger than 1024 KiB: not a config"
 
 
 def test_bytes_that_are_not_utf_8_are_read_as_replacement_characters(tmp_path: Path) -> None:
@@ -337,26 +336,20 @@ def test_bytes_that_are_not_utf_8_are_read_as_replacement_characters(tmp_path: P
     path.write_bytes(b"# caf\xe9 au lait\n" + SHIPPED_CONFIG.read_bytes())
     assert load_config(path).services == load_config(SHIPPED_CONFIG).services
     path.write_bytes(SHIPPED_CONFIG.read_bytes().replace(b"name: TOASTER", b"name: TOASTER\n    br\xf6t: 1"))
-    with pytest.raises(ConfigError) as error:
-        load_config(path)
-    assert str(error.value) == f"{path}: services.toaster: unknown key 'br\ufffdt'"
+    assert refusal(path) == f"{path}: services.toaster: unknown key 'br\ufffdt'"
 
 
 def test_a_character_yaml_does_not_allow_is_named_with_its_line(tmp_path: Path) -> None:
     path = tmp_path / "nul.yml"
     path.write_text("\n\ntopics: \x00\n")
-    with pytest.raises(ConfigError) as error:
-        load_config(path)
-    assert str(error.value) == f"{path}: line 3: not valid YAML: character #x0000: special characters are not allowed"
+    assert refusal(path) == f"{path}: line 3: not valid YAML: character #x0000: special characters are not allowed"
 
 
 @pytest.mark.parametrize("text, got", [("- light\n", "array"), ("", "null"), ("light\n", "str")])
 def test_a_file_that_is_no_mapping_is_named_so(tmp_path: Path, text: str, got: str) -> None:
     path = tmp_path / "not-a-mapping.yml"
     path.write_text(text)
-    with pytest.raises(ConfigError) as error:
-        load_config(path)
-    assert str(error.value) == f"{path}: (top level): expected 'object', got '{got}'"
+    assert refusal(path) == f"{path}: (top level): expected 'object', got '{got}'"
 
 
 def test_each_bound_of_the_config_holds_at_its_value_and_refuses_past_it(tmp_path: Path) -> None:
@@ -365,9 +358,8 @@ def test_each_bound_of_the_config_holds_at_its_value_and_refuses_past_it(tmp_pat
     nested = tmp_path / "nested.yml"
     for lists, refused in ((MAX_CONFIG_DEPTH - 2, False), (MAX_CONFIG_DEPTH - 1, True)):  # two mappings around
         nested.write_text("x: {a: 1, b: " + "[" * lists + "]" * lists + "}\n")
-        with pytest.raises(ConfigError) as error:
-            load_config(nested)
-        assert ("nested deeper than" in str(error.value)) == refused, error.value
+        said = refusal(nested)
+        assert ("nested deeper than" in said) == refused, said
 
     at_most = "2." + "0" * (MAX_NUMBER_CHARS - 2)
     assert load_config(broken_config(tmp_path, "prep_time: 2", f"prep_time: {at_most}")).services
@@ -425,9 +417,7 @@ def test_a_client_may_connect_to_a_privileged_port_and_a_service_bind_1024_to_65
 
 
 def test_missing_file_is_one_line(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as error:
-        load_config(tmp_path / "nope.yml")
-    assert str(error.value) == f"{tmp_path / 'nope.yml'}: cannot read: No such file or directory"
+    assert refusal(tmp_path / "nope.yml") == f"{tmp_path / 'nope.yml'}: cannot read: No such file or directory"
 
 
 @pytest.mark.parametrize("case", ["unknown key", "malformed endpoint", "unpublished topic", "not YAML"])
