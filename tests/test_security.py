@@ -232,35 +232,34 @@ def test_a_service_s_own_pair_is_its_swarm_secret_else_in_the_keys_beside_its_co
     monkeypatch.delenv(SECRET_KEY_ENV, raising=False)
     (tmp_path / "config").mkdir()
     config = load_config(shutil.copy(SHIPPED_CONFIG, tmp_path / "config"))
+    ring = KeyRing(tmp_path / "keys")
+
+    def refusal(call: Callable[[], object]) -> str:
+        with pytest.raises(KeysError) as raised:
+            call()
+        return str(raised.value)
+
     keys = Keys(Identity("toaster", config))
-    assert (keys.public, keys.secret) == KeyRing(tmp_path / "keys").pair("toaster")
+    assert (keys.public, keys.secret) == ring.pair("toaster")
 
     (tmp_path / "secret").mkdir()
     public_file, secret_file = zmq.auth.create_certificates(tmp_path / "secret", "toaster")
     monkeypatch.setenv(SECRET_KEY_ENV, secret_file)
     keys = Keys(Identity("toaster", config))
-    assert (
-        (keys.public, keys.secret)
-        == zmq.auth.load_certificate(secret_file)
-        != KeyRing(tmp_path / "keys").pair("toaster")
-    )
+    assert (keys.public, keys.secret) == zmq.auth.load_certificate(secret_file) != ring.pair("toaster")
     monkeypatch.setenv(SECRET_KEY_ENV, public_file)
-    with pytest.raises(KeysError) as raised:
-        Keys(Identity("toaster", config))
-    assert str(raised.value) == f"{tmp_path / 'secret'}: no CurveZMQ keys: toaster.key holds no secret key"
+    said = refusal(lambda: Keys(Identity("toaster", config)))
+    assert said == f"{tmp_path / 'secret'}: no CurveZMQ keys: toaster.key holds no secret key"
     monkeypatch.delenv(SECRET_KEY_ENV)
     (tmp_path / "keys" / "toaster.key_secret").write_text("")
-    with pytest.raises(KeysError) as raised:
-        Keys(Identity("toaster", config))
-    assert str(raised.value) == f"{tmp_path / 'keys'}: no CurveZMQ keys: toaster.key_secret holds no public key"
+    said = refusal(lambda: Keys(Identity("toaster", config)))
+    assert said == f"{tmp_path / 'keys'}: no CurveZMQ keys: toaster.key_secret holds no public key"
 
     (tmp_path / "keys" / "light-switch.key").write_text("")  # being written, say
-    assert KeyRing(tmp_path / "keys").name_of(keys.public) is None  # and no crash on the way
-    assert KeyRing(tmp_path / "keys").name_of(KeyRing(tmp_path / "keys").public("toaster")) == "toaster"
-    with pytest.raises(KeysError) as raised:
-        keys.server_key("tcp://light-switch:5556")
+    assert ring.name_of(keys.public) is None  # and no crash on the way
+    assert ring.name_of(ring.public("toaster")) == "toaster"
     problem = "no CurveZMQ key of the server of tcp://light-switch:5556: light-switch.key holds no public key"
-    assert str(raised.value) == f"{tmp_path / 'keys'}: {problem}"
+    assert refusal(lambda: keys.server_key("tcp://light-switch:5556")) == f"{tmp_path / 'keys'}: {problem}"
 
 
 def test_the_dashboard_token_is_its_configured_file_else_the_swarm_secret_else_beside_the_keys(

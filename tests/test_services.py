@@ -278,11 +278,14 @@ def test_every_loop_touches_its_health_file_whatever_the_heartbeat_interval(
         assert not health.exists()  # a stopped service is not healthy
 
 
-def test_a_cancelled_timer_never_runs_and_the_others_run_in_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SMARTHOME_LOOPBACK", "1")  # endpoints on 127.0.0.1
-    loop = Loop(Identity("light-switch", load_config(loopback_config(tmp_path, curve=False))))
+@pytest.fixture
+def loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Loop:
+    """A light switch's poller loop on 127.0.0.1 without CurveZMQ, with nothing of its own to do yet."""
+    monkeypatch.setenv("SMARTHOME_LOOPBACK", "1")
+    return Loop(Identity("light-switch", load_config(loopback_config(tmp_path, curve=False))))
+
+
+def test_a_cancelled_timer_never_runs_and_the_others_run_in_order(loop: Loop) -> None:
     ran: list[str] = []
     loop.call_later(0.02, lambda: ran.append("second"))
     loop.call_later(0, lambda: ran.append("first"))
@@ -327,13 +330,11 @@ def test_every_socket_has_the_configs_heartbeats_the_runtimes_limits_and_curve(
 
 
 def test_a_handler_that_raises_costs_its_message_only_and_a_burst_read_to_its_end_leaves_the_loop_free(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    loop: Loop, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Loop.watch: a message whose handler raises is dropped with one line naming the service, and the loop goes
     on with the next. A burst is read to its end without waiting for more: the loop stops when asked."""
-    monkeypatch.setenv("SMARTHOME_LOOPBACK", "1")
     monkeypatch.setattr(logs.peer_warnings, "peers", OrderedDict())  # a whole allowance of lines
-    loop = Loop(Identity("light-switch", load_config(loopback_config(tmp_path, curve=False))))
     inbox, sender = loop.context.socket(zmq.PULL), loop.context.socket(zmq.PUSH)
     inbox.bind("inproc://burst")
     sender.connect("inproc://burst")
@@ -355,15 +356,13 @@ def test_a_handler_that_raises_costs_its_message_only_and_a_burst_read_to_its_en
 
 
 def test_an_idle_loop_wakes_for_its_timers_only_and_writes_its_lines_in_between(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    loop: Loop, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A timer that ran is an event, as a message is: what it sent is on its way, and the lines it logged wait
     while the loop has more to do (here a timer due at once). They are written when a poll finds nothing to do,
     before the next timer. Idle, the loop sleeps until its next timer is due (LINES_AFTER_IDLE at most while it
     holds lines): a few polls a timer, never a spin."""
-    monkeypatch.setenv("SMARTHOME_LOOPBACK", "1")
     caplog.set_level(logging.INFO)
-    loop = Loop(Identity("light-switch", load_config(loopback_config(tmp_path, curve=False))))
     log = logging.getLogger("smarthome.test")
     polls, poll = 0, loop.poller.poll
 
@@ -374,13 +373,12 @@ def test_an_idle_loop_wakes_for_its_timers_only_and_writes_its_lines_in_between(
 
     loop.poller.poll = counted  # type: ignore[method-assign]  # the real poll, counted
     ticks: list[int] = []
-    written = lambda: [r.getMessage() for r in caplog.records]  # noqa: E731
     checks: list[tuple[int, list[str]]] = []  # each tick, the lines written when a timer due at once ran
 
     def tick() -> None:
         ticks.append(len(ticks))
         log.info("tick %d", ticks[-1])
-        loop.call_later(0, lambda n=ticks[-1]: checks.append((n, written())))
+        loop.call_later(0, lambda n=ticks[-1]: checks.append((n, [r.getMessage() for r in caplog.records])))
 
     loop.every(0.1, tick)
     loop.call_later(0.55, loop.stop)
